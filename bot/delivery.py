@@ -1,0 +1,169 @@
+"""The delivery worker: claims due outbox rows in batches and sends them through channels.
+
+Claims are one statement (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so several workers in
+several processes share the queue without sending a row twice.  Per-target rate limits are
+counted from the outbox itself (rows sent to the same target in the last minute), so they hold
+across processes too.  Failures retry with exponential backoff and jitter; after
+``max_attempts`` a row is dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from datetime import timedelta
+
+from bot.channels.base import Sender, SendResult
+from bot.config import OutboxConfig
+from bot.errors import ErrorReporter
+from storage import outbox as repo
+from storage.db import Database
+from storage.models import utcnow
+from storage.outbox import ClaimedMessage
+
+log = logging.getLogger(__name__)
+
+RATE_WINDOW = timedelta(minutes=1)
+
+
+class DeliveryWorker:
+    """Runs in the app's lifecycle; ``run_once`` is also what tests and the CLI call."""
+
+    def __init__(
+        self,
+        db: Database,
+        senders: dict[str, Sender],
+        config: OutboxConfig,
+        errors: ErrorReporter,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.db = db
+        self.senders = senders
+        self.config = config
+        self.errors = errors
+        self.rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._semaphore = asyncio.Semaphore(config.send_concurrency)
+
+    def wake(self) -> None:
+        """Something was queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="outbox-delivery")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                handled = await self.run_once()
+            except Exception as exc:  # a database hiccup must not stop delivery for good
+                self.errors.report(exc, where="delivery")
+                handled = 0
+            if handled < self.config.batch_size:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_s)
+                except TimeoutError:
+                    pass
+
+    async def run_once(self) -> int:
+        """Claim one batch of due rows and attempt them; returns how many were claimed."""
+        now = utcnow()
+        async with self.db.write() as conn:
+            claimed = await repo.claim_due(
+                conn,
+                limit=self.config.batch_size,
+                claim_timeout=timedelta(seconds=self.config.claim_timeout_s),
+                skip_locked=not self.db.is_sqlite,
+                now=now,
+            )
+            if not claimed:
+                return 0
+            to_send, deferred = await self._apply_rate_limits(conn, claimed, now)
+            await repo.release(conn, deferred, not_before=now + RATE_WINDOW / 4)
+        results = await asyncio.gather(*(self._attempt(m) for m in to_send))
+        await self._record(list(zip(to_send, results, strict=True)))
+        return len(claimed)
+
+    async def _apply_rate_limits(
+        self, conn: object, claimed: list[ClaimedMessage], now: object
+    ) -> tuple[list[ClaimedMessage], list[int]]:
+        by_target: dict[str, list[ClaimedMessage]] = defaultdict(list)
+        for message in claimed:
+            by_target[message.target.rate_key].append(message)
+        recent = await repo.recent_sends(conn, by_target, since=utcnow() - RATE_WINDOW)  # type: ignore[arg-type]
+        to_send: list[ClaimedMessage] = []
+        deferred: list[int] = []
+        for rate_key, messages in by_target.items():
+            limit = self._limit_for(messages[0])
+            room = max(0, limit - recent.get(rate_key, 0))
+            to_send.extend(messages[:room])
+            deferred.extend(m.id for m in messages[room:])
+        return to_send, deferred
+
+    def _limit_for(self, message: ClaimedMessage) -> int:
+        sender = self.senders.get(message.channel)
+        limit = sender.rate_per_minute(message) if sender else None
+        if limit is None:
+            limit = (
+                self.config.robot_rate_per_minute
+                if message.target.kind == "robot"
+                else self.config.default_rate_per_minute
+            )
+        return limit
+
+    async def _attempt(self, message: ClaimedMessage) -> SendResult:
+        sender = self.senders.get(message.channel)
+        if sender is None:
+            return SendResult.transient(f"channel {message.channel} is not enabled")
+        async with self._semaphore:
+            try:
+                return await sender.send(message)
+            except Exception as exc:  # a sender bug or a network error: retry later
+                log.warning("send of outbox row %s raised %r", message.id, exc)
+                return SendResult.transient(f"{exc.__class__.__name__}: {exc}")
+
+    async def _record(self, outcomes: list[tuple[ClaimedMessage, SendResult]]) -> None:
+        if not outcomes:
+            return
+        now = utcnow()
+        async with self.db.write() as conn:
+            await repo.mark_sent(
+                conn,
+                [(m.id, r.platform_msg_id) for m, r in outcomes if r.ok],
+                now=now,
+            )
+            for message, result in outcomes:
+                if result.ok:
+                    continue
+                retry_at = None
+                if result.retry and message.attempts < self.config.max_attempts:
+                    delay = result.retry_after or repo.backoff_delay(
+                        message.attempts,
+                        base=self.config.backoff_base_s,
+                        cap=self.config.backoff_max_s,
+                        rng=self.rng,
+                    )
+                    retry_at = now + timedelta(seconds=delay)
+                dead = result.dead or (result.retry and retry_at is None)
+                await repo.mark_failed(
+                    conn, message.id, error=result.error, retry_at=retry_at, dead=dead
+                )
+                if retry_at is None:
+                    log.warning(
+                        "outbox row %s (%s) %s: %s",
+                        message.id,
+                        message.key,
+                        "dead" if dead else "failed",
+                        result.error,
+                    )

@@ -1,0 +1,322 @@
+"""The dispatcher: one inbound message in, the replies out, everything else into the outbox.
+
+Middlewares run in this order, inside one group-commit job (one savepoint of a shared
+transaction):
+
+1. **dedupe**: a message whose (channel, dedupe key) was handled before gets the replies stored
+   for it then, and nothing runs again.  Across processes the unique key decides: the loser's
+   savepoint is rolled back and it answers with the winner's replies.
+2. **identify**: the sender's person (by channel identity) and the group chat, if any.
+3. **lock**: per-person serialization, taken *before* conversation state is read (a row lock on
+   PostgreSQL; on SQLite the single writer lane serializes).
+4. **errors**: the handler runs in a nested savepoint; an exception is logged with context, its
+   writes are rolled back, and the sender gets a neutral apology (stored like any reply).
+5. **handler**: the active flow, else the first matching route.
+
+Replies come back to the channel to answer inline.  If the channel's budget runs out first
+(WeChat waits 5 s), :meth:`Dispatcher.handle` returns ``None`` and the replies go out through the
+outbox once the job is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.config import Config
+from bot.errors import ErrorReporter
+from flows.context import Context
+from flows.engine import FlowEngine
+from flows.messages import Inbound, Outbound
+from flows.texts import Texts
+from handlers.router import Router
+from storage import repo
+from storage.db import Database, GroupCommitter
+from storage.models import Identity, InboundMessage, utcnow
+from storage.outbox import Target, enqueue, group_target, outbox, outbox_row, person_target
+
+log = logging.getLogger(__name__)
+
+inbound_log = InboundMessage.__table__
+identities = Identity.__table__
+
+MAX_LOGGED_TEXT = 4000
+SEEN_REFRESH = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    replies: list[Outbound]
+    duplicate: bool = False
+    queued: int = 0
+
+
+class Dispatcher:
+    """Runs the middleware chain for each inbound message."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        db: Database,
+        committer: GroupCommitter,
+        router: Router,
+        flows: FlowEngine,
+        texts: Texts,
+        errors: ErrorReporter,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.committer = committer
+        self.router = router
+        self.flows = flows
+        self.texts = texts
+        self.errors = errors
+        self.features = frozenset(router.features)
+        self.on_queued: Callable[[], None] = lambda: None
+        self._late: set[asyncio.Task[Any]] = set()
+        self._conv_insert = db.insert_ignore(repo.conversations)
+        self._outbox_insert = db.insert_ignore(outbox)
+        self._conv_upsert = db.upsert(
+            repo.conversations, ["key"], ["flow", "state", "data", "expires_at", "updated_at"]
+        )
+
+    async def handle(
+        self, inbound: Inbound, *, budget: float | None = None
+    ) -> list[Outbound] | None:
+        """Handle one message; the replies to answer inline, or ``None`` if over ``budget``."""
+        lane = f"{inbound.channel}:{inbound.sender_id}"
+        task = asyncio.ensure_future(
+            self.committer.run(lambda conn: self._process(conn, inbound), lane_key=lane)
+        )
+        if budget is None:
+            handled = await task
+        else:
+            try:
+                handled = await asyncio.wait_for(asyncio.shield(task), budget)
+            except TimeoutError:
+                self._late.add(task)
+                task.add_done_callback(lambda t: self._deliver_late(t, inbound))
+                return None
+        if handled.queued:
+            self.on_queued()
+        return handled.replies
+
+    async def drain(self) -> None:
+        """Wait for replies that missed their inline window to be queued (shutdown, tests)."""
+        while self._late:
+            await asyncio.gather(*list(self._late), return_exceptions=True)
+            await asyncio.sleep(0)
+
+    # -- late replies ------------------------------------------------------------------------
+
+    def _deliver_late(self, task: asyncio.Task[Handled], inbound: Inbound) -> None:
+        if task.cancelled() or task.exception() is not None:
+            self._late.discard(task)
+            return
+        follow_up = asyncio.ensure_future(
+            self.committer.run(
+                lambda conn: self._queue_late_replies(conn, inbound, task.result().replies),
+                lane_key=f"{inbound.channel}:{inbound.sender_id}",
+            )
+        )
+        self._late.add(follow_up)
+        follow_up.add_done_callback(self._late.discard)
+        follow_up.add_done_callback(lambda _: self.on_queued())
+        self._late.discard(task)
+
+    async def _queue_late_replies(
+        self, conn: AsyncConnection, inbound: Inbound, replies: list[Outbound]
+    ) -> None:
+        """Send the replies through the outbox, unless a platform retry already got them."""
+        row = (await conn.execute(self._log_query(inbound))).first()
+        if row is None or (row.replies or {}).get("delivery") != "pending":
+            return
+        await conn.execute(
+            update(inbound_log)
+            .where(inbound_log.c.id == row.id)
+            .values(replies={**row.replies, "delivery": "outbox"})
+        )
+        target = self._reply_target(inbound)
+        rows = [
+            outbox_row(
+                key=f"reply:{inbound.channel}:{inbound.dedupe_key}:{i}",
+                target=target,
+                payload={"text": reply.text},
+            )
+            for i, reply in enumerate(replies)
+        ]
+        await enqueue(conn, rows, self._outbox_insert)
+
+    # -- the chain ---------------------------------------------------------------------------
+
+    def _log_query(self, inbound: Inbound) -> Any:
+        return select(inbound_log.c.id, inbound_log.c.replies).where(
+            inbound_log.c.channel == inbound.channel,
+            inbound_log.c.dedupe_key == inbound.dedupe_key,
+        )
+
+    async def _process(self, conn: AsyncConnection, inbound: Inbound) -> Handled:
+        # 1. dedupe
+        seen = await self._stored_replies(conn, inbound)
+        if seen is not None:
+            return seen
+        try:
+            async with conn.begin_nested():
+                return await self._handle_new(conn, inbound)
+        except sa_exc.IntegrityError:
+            # Another process logged the same message first: answer what it answered.
+            seen = await self._stored_replies(conn, inbound)
+            if seen is None:
+                raise
+            return seen
+
+    async def _stored_replies(self, conn: AsyncConnection, inbound: Inbound) -> Handled | None:
+        row = (await conn.execute(self._log_query(inbound))).first()
+        if row is None:
+            return None
+        stored = row.replies or {}
+        if stored.get("delivery") == "outbox":
+            return Handled([], duplicate=True)  # the late replies are on their way
+        return Handled([Outbound(text) for text in stored.get("texts", [])], duplicate=True)
+
+    async def _handle_new(self, conn: AsyncConnection, inbound: Inbound) -> Handled:
+        now = utcnow()
+        # 2. identify
+        person_id = await self._identify(conn, inbound, now)
+        person = await repo.load_person(conn, person_id) if person_id else None
+        group = (
+            await repo.find_group(conn, inbound.channel, inbound.chat_id)
+            if inbound.chat_id
+            else None
+        )
+        # 3. lock, then read state
+        key = f"p:{person_id}" if person_id else f"anon:{inbound.channel}:{inbound.sender_id}"
+        conversation = await repo.lock_conversation(
+            conn, key, row_lock=not self.db.is_sqlite, insert_ignore=self._conv_insert
+        )
+        before = (
+            conversation.flow,
+            conversation.state,
+            dict(conversation.data),
+            conversation.expires_at,
+        )
+        ctx = Context(
+            conn=conn,
+            db=self.db,
+            inbound=inbound,
+            person=person,
+            conversation=conversation,
+            texts=self.texts,
+            settings=self.config,
+            now=now,
+            flows=self.flows,
+            group=group,
+            features=self.features,
+        )
+        # 4. errors, 5. handler
+        try:
+            async with conn.begin_nested():
+                await self._route(ctx)
+                if ctx.person is not None and person is None:
+                    # Registered during this message: the conversation moves to the person.
+                    conversation.key = f"p:{ctx.person.id}"
+                    await repo.move_conversation(conn, key, conversation.key)
+                if (
+                    conversation.flow,
+                    conversation.state,
+                    conversation.data,
+                    conversation.expires_at,
+                ) != before:
+                    await repo.save_conversation(conn, conversation, upsert=self._conv_upsert)
+                replies, queued = await self._queue_outbound(ctx)
+        except Exception as exc:
+            self.errors.report(
+                exc,
+                where="dispatcher",
+                channel=inbound.channel,
+                dedupe_key=inbound.dedupe_key,
+                person_id=person_id,
+            )
+            replies, queued = [Outbound(self.texts.render("common/error"))], 0
+        await conn.execute(
+            insert(inbound_log).values(
+                channel=inbound.channel,
+                dedupe_key=inbound.dedupe_key,
+                sender_id=inbound.sender_id,
+                chat_id=inbound.chat_id,
+                person_id=ctx.person.id if ctx.person else None,
+                kind=inbound.kind,
+                text=inbound.text[:MAX_LOGGED_TEXT],
+                replies={"texts": [r.text for r in replies], "delivery": "pending"},
+                received_at=now,
+            )
+        )
+        return Handled(replies, queued=queued)
+
+    async def _identify(self, conn: AsyncConnection, inbound: Inbound, now: Any) -> int | None:
+        row = (
+            await conn.execute(
+                select(identities.c.id, identities.c.person_id, identities.c.last_seen_at).where(
+                    identities.c.channel == inbound.channel,
+                    identities.c.external_id == inbound.sender_id,
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.last_seen_at is None or now - row.last_seen_at > SEEN_REFRESH:
+            await conn.execute(
+                update(identities).where(identities.c.id == row.id).values(last_seen_at=now)
+            )
+        return int(row.person_id)
+
+    async def _route(self, ctx: Context) -> None:
+        if not ctx.inbound.is_group and await self.flows.resume(ctx):
+            return
+        handler = self.router.find(ctx)
+        if handler is not None:
+            await handler(ctx)
+
+    async def _queue_outbound(self, ctx: Context) -> tuple[list[Outbound], int]:
+        """Split the flow's messages: replies come back; the rest become outbox rows."""
+        replies: list[Outbound] = []
+        rows = []
+        for i, message in enumerate(ctx.outbound):
+            if message.is_reply:
+                replies.append(message)
+                continue
+            target: Target | None
+            if message.person_id is not None:
+                target = await person_target(ctx.conn, message.person_id)
+            else:
+                assert message.group_id is not None
+                target = await group_target(ctx.conn, message.group_id)
+            if target is None:
+                log.info("no reachable target for %s; not queued", message)
+                continue
+            key = message.key or f"msg:{ctx.inbound.channel}:{ctx.inbound.dedupe_key}:{i}"
+            rows.append(
+                outbox_row(
+                    key=key,
+                    target=target,
+                    payload={"text": message.text},
+                    person_id=message.person_id,
+                    group_id=message.group_id,
+                )
+            )
+        await enqueue(ctx.conn, rows, self._outbox_insert)
+        return replies, len(rows)
+
+    def _reply_target(self, inbound: Inbound) -> Target:
+        if inbound.chat_id:
+            return Target(inbound.channel, "chat", inbound.chat_id)
+        return Target(inbound.channel, "user", inbound.sender_id)

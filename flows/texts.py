@@ -1,0 +1,34 @@
+"""Every sentence a person reads comes from a Jinja2 template under ``templates/<locale>/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "templates"
+
+
+class Texts:
+    """Renders chat text templates (``name`` without the ``.j2`` suffix), zh_CN first."""
+
+    def __init__(self, root: Path = TEMPLATE_ROOT, locale: str = "zh_CN") -> None:
+        self.env = Environment(
+            loader=FileSystemLoader([str(root / locale), str(root / "zh_CN")]),
+            autoescape=select_autoescape(enabled_extensions=("html",), default=False),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+        )
+
+    def render(self, name: str, **values: Any) -> str:
+        return self.env.get_template(f"{name}.j2").render(**values).strip()
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.env.get_template(f"{name}.j2")
+        except Exception:  # jinja2.TemplateNotFound and syntax errors alike mean "not usable"
+            return False
+        return True

@@ -1,0 +1,238 @@
+"""The outbox: every message the system initiates is a row, delivered at least once, sent once.
+
+Status moves forward only: ``pending -> sending -> sent | failed | dead``.  The one step back,
+``sending -> pending``, is a worker releasing a claim it did not use (a rate limit was full); the
+attempt is not counted.  A row left in ``sending`` by a worker that died is claimed again once
+its claim is older than the claim timeout, carrying the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.models import ChatGroup, Identity, OutboxMessage, OutboxStatus, Person, utcnow
+
+outbox = OutboxMessage.__table__
+identities = Identity.__table__
+groups = ChatGroup.__table__
+people = Person.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a message goes on one channel: a user, a group chat or a group robot."""
+
+    channel: str
+    kind: str  # "user" | "chat" | "robot"
+    address: str
+
+    @property
+    def rate_key(self) -> str:
+        return f"{self.channel}:{self.kind}:{self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    id: int
+    key: str
+    channel: str
+    target: Target
+    payload: dict[str, Any]
+    attempts: int
+    person_id: int | None
+    group_id: int | None
+
+
+def outbox_row(
+    *,
+    key: str,
+    target: Target,
+    payload: dict[str, Any],
+    person_id: int | None = None,
+    group_id: int | None = None,
+    not_before: datetime | None = None,
+    ref_type: str | None = None,
+    ref_id: int | None = None,
+) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "key": key,
+        "channel": target.channel,
+        "target_kind": target.kind,
+        "target": target.address,
+        "rate_key": target.rate_key,
+        "person_id": person_id,
+        "group_id": group_id,
+        "payload": payload,
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": not_before or now,
+        "ref_type": ref_type,
+        "ref_id": ref_id,
+        "created_at": now,
+    }
+
+
+async def enqueue(
+    conn: AsyncConnection, rows: Sequence[dict[str, Any]], insert_ignore: Any
+) -> None:
+    """Insert outbox rows; a row whose key exists already is skipped (idempotent)."""
+    if rows:
+        await conn.execute(insert_ignore, list(rows))
+
+
+async def person_target(conn: AsyncConnection, person_id: int) -> Target | None:
+    """The channel account a person was last seen on; ``None`` if unreachable or opted out."""
+    row = (
+        await conn.execute(
+            select(identities.c.channel, identities.c.external_id)
+            .join(people, people.c.id == identities.c.person_id)
+            .where(identities.c.person_id == person_id, people.c.opted_out.is_(False))
+            .order_by(identities.c.last_seen_at.desc().nulls_last(), identities.c.id.desc())
+            .limit(1)
+        )
+    ).first()
+    return Target(row.channel, "user", row.external_id) if row else None
+
+
+async def group_target(conn: AsyncConnection, group_id: int) -> Target | None:
+    row = (await conn.execute(select(groups).where(groups.c.id == group_id))).first()
+    if row is None:
+        return None
+    if row.robot_key:
+        return Target(row.channel, "robot", row.robot_key)
+    return Target(row.channel, "chat", row.external_id)
+
+
+async def claim_due(
+    conn: AsyncConnection,
+    *,
+    limit: int,
+    claim_timeout: timedelta,
+    skip_locked: bool,
+    now: datetime | None = None,
+) -> list[ClaimedMessage]:
+    """Move up to ``limit`` due rows to ``sending`` and return them (one statement).
+
+    Due: pending with ``next_attempt_at`` reached, or ``sending`` with a claim older than the
+    timeout (its worker died between claim and result).
+    """
+    now = now or utcnow()
+    due = or_(
+        and_(outbox.c.status == OutboxStatus.PENDING, outbox.c.next_attempt_at <= now),
+        and_(outbox.c.status == OutboxStatus.SENDING, outbox.c.claimed_at < now - claim_timeout),
+    )
+    candidates = select(outbox.c.id).where(due).order_by(outbox.c.next_attempt_at).limit(limit)
+    if skip_locked:
+        candidates = candidates.with_for_update(skip_locked=True)
+    result = await conn.execute(
+        update(outbox)
+        .where(outbox.c.id.in_(candidates.scalar_subquery()))
+        .values(status=OutboxStatus.SENDING, claimed_at=now, attempts=outbox.c.attempts + 1)
+        .returning(
+            outbox.c.id,
+            outbox.c.key,
+            outbox.c.channel,
+            outbox.c.target_kind,
+            outbox.c.target,
+            outbox.c.payload,
+            outbox.c.attempts,
+            outbox.c.person_id,
+            outbox.c.group_id,
+        )
+    )
+    return [
+        ClaimedMessage(
+            r.id,
+            r.key,
+            r.channel,
+            Target(r.channel, r.target_kind, r.target),
+            r.payload,
+            r.attempts,
+            r.person_id,
+            r.group_id,
+        )
+        for r in result
+    ]
+
+
+async def recent_sends(
+    conn: AsyncConnection, rate_keys: Iterable[str], *, since: datetime
+) -> dict[str, int]:
+    """How many messages went to each target since ``since`` (for per-target rate limits)."""
+    keys = list(set(rate_keys))
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        select(outbox.c.rate_key, func.count())
+        .where(outbox.c.rate_key.in_(keys), outbox.c.sent_at >= since)
+        .group_by(outbox.c.rate_key)
+    )
+    return {row[0]: int(row[1]) for row in rows}
+
+
+async def mark_sent(
+    conn: AsyncConnection, results: Sequence[tuple[int, str | None]], now: datetime | None = None
+) -> None:
+    """Record successful sends: ``(row id, platform message id)`` pairs, in one statement."""
+    if not results:
+        return
+    now = now or utcnow()
+    stmt = (
+        update(outbox)
+        .where(outbox.c.id == bindparam("row_id"), outbox.c.status == OutboxStatus.SENDING)
+        .values(
+            status=OutboxStatus.SENT,
+            sent_at=now,
+            last_error=None,
+            platform_msg_id=bindparam("msg_id"),
+        )
+    )
+    await conn.execute(stmt, [{"row_id": rid, "msg_id": mid} for rid, mid in results])
+
+
+async def mark_failed(
+    conn: AsyncConnection,
+    row_id: int,
+    *,
+    error: str,
+    retry_at: datetime | None,
+    dead: bool = False,
+) -> None:
+    """A failed attempt: back to pending at ``retry_at``, or ``failed``/``dead`` for good."""
+    if retry_at is not None:
+        values: dict[str, Any] = {"status": OutboxStatus.PENDING, "next_attempt_at": retry_at}
+    else:
+        values = {"status": OutboxStatus.DEAD if dead else OutboxStatus.FAILED}
+    await conn.execute(
+        update(outbox)
+        .where(outbox.c.id == row_id)
+        .values(last_error=error[:500], claimed_at=None, **values)
+    )
+
+
+async def release(conn: AsyncConnection, row_ids: Sequence[int], *, not_before: datetime) -> None:
+    """Give back claimed rows that were not attempted (their target's rate limit was full)."""
+    if row_ids:
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.id.in_(list(row_ids)), outbox.c.status == OutboxStatus.SENDING)
+            .values(
+                status=OutboxStatus.PENDING,
+                next_attempt_at=not_before,
+                claimed_at=None,
+                attempts=outbox.c.attempts - 1,
+            )
+        )
+
+
+def backoff_delay(attempts: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempts)]."""
+    return rng.uniform(base / 2, min(cap, base * (2 ** max(0, attempts - 1))))

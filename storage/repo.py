@@ -1,0 +1,453 @@
+"""Small repositories over SQLAlchemy Core: regions, people, identities, conversations, audit.
+
+Every function takes an open ``AsyncConnection`` so that callers decide the transaction (and a
+group commit can run many of them in one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.models import (
+    LEVEL_ORDER,
+    AuditEntry,
+    ChatGroup,
+    Conversation,
+    Household,
+    Identity,
+    Person,
+    PersonRole,
+    Region,
+    RegionLevel,
+    Role,
+    utcnow,
+)
+
+regions = Region.__table__
+people = Person.__table__
+roles = PersonRole.__table__
+identities = Identity.__table__
+households = Household.__table__
+groups = ChatGroup.__table__
+conversations = Conversation.__table__
+audit = AuditEntry.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class RegionInfo:
+    id: int
+    code: str
+    name: str
+    level: str
+    parent_id: int | None
+    path: str
+
+    def contains(self, other: RegionInfo) -> bool:
+        """True when ``other`` is this region or lies below it."""
+        return other.path.startswith(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    role: str
+    region: RegionInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PersonInfo:
+    id: int
+    name: str
+    phone: str | None
+    region: RegionInfo | None
+    household_id: int | None
+    opted_out: bool
+    scopes: tuple[Scope, ...] = field(default_factory=tuple)
+
+    def has_role(self, *names: str) -> bool:
+        return any(scope.role in names for scope in self.scopes)
+
+    def scope_regions(self, *names: str) -> list[RegionInfo]:
+        """Regions this person acts on in any of the given roles (all roles when none given)."""
+        return [s.region for s in self.scopes if not names or s.role in names]
+
+    def can_act_on(self, region: RegionInfo, *role_names: str) -> bool:
+        return any(r.contains(region) for r in self.scope_regions(*role_names))
+
+    @property
+    def is_staff(self) -> bool:
+        return self.has_role(Role.WARDEN, Role.DOCTOR, Role.ADMIN, Role.VOLUNTEER)
+
+
+def _region(row: Any) -> RegionInfo:
+    return RegionInfo(row.id, row.code, row.name, row.level, row.parent_id, row.path)
+
+
+def mask_phone(phone: str | None) -> str:
+    """``138****5678``: what anyone but the responsible warden sees of a phone number."""
+    if not phone:
+        return ""
+    return phone[:3] + "****" + phone[-4:] if len(phone) >= 7 else "****"
+
+
+# -- regions -------------------------------------------------------------------------------
+
+
+async def get_region(conn: AsyncConnection, region_id: int) -> RegionInfo | None:
+    row = (await conn.execute(select(regions).where(regions.c.id == region_id))).first()
+    return _region(row) if row else None
+
+
+async def get_region_by_code(conn: AsyncConnection, code: str) -> RegionInfo | None:
+    row = (await conn.execute(select(regions).where(regions.c.code == code))).first()
+    return _region(row) if row else None
+
+
+async def create_region(
+    conn: AsyncConnection, *, code: str, name: str, level: str, parent: RegionInfo | None
+) -> RegionInfo:
+    """Insert a region under ``parent``; the level must be the one right below the parent's."""
+    level = RegionLevel(level)
+    if parent is None:
+        if level is not RegionLevel.CITY:
+            raise ValueError(f"a {level} needs a parent region")
+    elif LEVEL_ORDER.index(level) != LEVEL_ORDER.index(RegionLevel(parent.level)) + 1:
+        raise ValueError(f"a {level} cannot sit under a {parent.level}")
+    result = await conn.execute(
+        insert(regions).values(
+            code=code,
+            name=name,
+            level=level,
+            parent_id=parent.id if parent else None,
+            path="",
+            settings={},
+        )
+    )
+    region_id = result.inserted_primary_key[0]
+    path = f"{parent.path if parent else '/'}{region_id}/"
+    await conn.execute(update(regions).where(regions.c.id == region_id).values(path=path))
+    return RegionInfo(region_id, code, name, level, parent.id if parent else None, path)
+
+
+async def list_subregions(
+    conn: AsyncConnection, root: RegionInfo, *, level: str | None = None
+) -> list[RegionInfo]:
+    query = select(regions).where(regions.c.path.startswith(root.path)).order_by(regions.c.path)
+    if level:
+        query = query.where(regions.c.level == level)
+    return [_region(row) for row in await conn.execute(query)]
+
+
+async def region_chain(conn: AsyncConnection, region: RegionInfo) -> list[RegionInfo]:
+    """The region and its ancestors, from the region itself up to the city."""
+    ids = [int(part) for part in region.path.strip("/").split("/") if part]
+    rows = await conn.execute(select(regions).where(regions.c.id.in_(ids)))
+    by_id = {row.id: _region(row) for row in rows}
+    return [by_id[i] for i in reversed(ids) if i in by_id]
+
+
+# -- people --------------------------------------------------------------------------------
+
+
+async def load_person(conn: AsyncConnection, person_id: int) -> PersonInfo | None:
+    row = (
+        await conn.execute(
+            select(people, regions)
+            .outerjoin(regions, people.c.region_id == regions.c.id)
+            .where(people.c.id == person_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    scope_rows = await conn.execute(
+        select(roles.c.role, regions)
+        .join(regions, roles.c.scope_region_id == regions.c.id)
+        .where(roles.c.person_id == person_id)
+        .order_by(roles.c.id)
+    )
+    scopes = tuple(Scope(r.role, _region(r)) for r in scope_rows)
+    region = None
+    if row.region_id is not None:
+        region = RegionInfo(row.region_id, row.code, row.name_1, row.level, row.parent_id, row.path)
+    return PersonInfo(row.id, row.name, row.phone, region, row.household_id, row.opted_out, scopes)
+
+
+async def find_person_by_identity(
+    conn: AsyncConnection, channel: str, external_id: str
+) -> int | None:
+    return (
+        await conn.execute(
+            select(identities.c.person_id).where(
+                identities.c.channel == channel, identities.c.external_id == external_id
+            )
+        )
+    ).scalar()
+
+
+async def find_people_by_phone(conn: AsyncConnection, phone: str) -> list[int]:
+    rows = await conn.execute(select(people.c.id).where(people.c.phone == phone))
+    return [r.id for r in rows]
+
+
+async def create_person(
+    conn: AsyncConnection,
+    *,
+    name: str,
+    region_id: int | None,
+    phone: str | None = None,
+    household_id: int | None = None,
+) -> int:
+    result = await conn.execute(
+        insert(people).values(
+            name=name,
+            phone=phone,
+            region_id=region_id,
+            household_id=household_id,
+            opted_out=False,
+            created_at=utcnow(),
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+async def grant_role(conn: AsyncConnection, person_id: int, role: str, region_id: int) -> None:
+    exists = (
+        await conn.execute(
+            select(roles.c.id).where(
+                roles.c.person_id == person_id,
+                roles.c.role == Role(role),
+                roles.c.scope_region_id == region_id,
+            )
+        )
+    ).first()
+    if not exists:
+        await conn.execute(
+            insert(roles).values(person_id=person_id, role=role, scope_region_id=region_id)
+        )
+
+
+async def bind_identity(
+    conn: AsyncConnection, person_id: int, channel: str, external_id: str, display_name: str = ""
+) -> None:
+    await conn.execute(
+        insert(identities).values(
+            person_id=person_id,
+            channel=channel,
+            external_id=external_id,
+            display_name=display_name,
+            created_at=utcnow(),
+            last_seen_at=utcnow(),
+        )
+    )
+
+
+async def set_opted_out(conn: AsyncConnection, person_id: int, opted_out: bool) -> None:
+    await conn.execute(update(people).where(people.c.id == person_id).values(opted_out=opted_out))
+
+
+async def responsible_people(conn: AsyncConnection, region: RegionInfo, role: str) -> list[int]:
+    """People holding ``role`` exactly on ``region`` (the grid's warden, a street's admin)."""
+    rows = await conn.execute(
+        select(roles.c.person_id)
+        .where(roles.c.scope_region_id == region.id, roles.c.role == role)
+        .order_by(roles.c.id)
+    )
+    return [r.person_id for r in rows]
+
+
+async def find_or_create_household(
+    conn: AsyncConnection, region_id: int, building: str, door: str
+) -> int:
+    query = select(households.c.id).where(
+        households.c.region_id == region_id,
+        households.c.building == building,
+        households.c.door == door,
+    )
+    found = (await conn.execute(query)).scalar()
+    if found is not None:
+        return int(found)
+    result = await conn.execute(
+        insert(households).values(region_id=region_id, building=building, door=door)
+    )
+    return int(result.inserted_primary_key[0])
+
+
+async def household_label(conn: AsyncConnection, household_id: int | None) -> str:
+    if household_id is None:
+        return ""
+    row = (await conn.execute(select(households).where(households.c.id == household_id))).first()
+    if row is None:
+        return ""
+    return f"{row.building}{row.door}"
+
+
+async def list_people(
+    conn: AsyncConnection, root: RegionInfo, *, limit: int, after_id: int = 0
+) -> list[Any]:
+    """People living in or responsible for ``root``'s subtree, by id, one page at a time."""
+    in_scope = regions.c.path.startswith(root.path)
+    query = (
+        select(
+            people.c.id,
+            people.c.name,
+            people.c.phone,
+            people.c.household_id,
+            people.c.opted_out,
+            regions.c.code.label("region_code"),
+        )
+        .join(regions, people.c.region_id == regions.c.id)
+        .where(in_scope, people.c.id > after_id)
+        .order_by(people.c.id)
+        .limit(limit)
+    )
+    return list(await conn.execute(query))
+
+
+async def roles_by_person(conn: AsyncConnection, person_ids: list[int]) -> dict[int, list[str]]:
+    result: dict[int, list[str]] = {pid: [] for pid in person_ids}
+    if not person_ids:
+        return result
+    rows = await conn.execute(
+        select(roles.c.person_id, roles.c.role).where(roles.c.person_id.in_(person_ids))
+    )
+    for row in rows:
+        result[row.person_id].append(row.role)
+    return result
+
+
+async def count_people(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.count()).select_from(people))).scalar() or 0)
+
+
+# -- chat groups ---------------------------------------------------------------------------
+
+
+async def find_group(conn: AsyncConnection, channel: str, external_id: str) -> Any | None:
+    return (
+        await conn.execute(
+            select(groups).where(groups.c.channel == channel, groups.c.external_id == external_id)
+        )
+    ).first()
+
+
+async def groups_of_region(conn: AsyncConnection, region_id: int) -> list[Any]:
+    return list(
+        await conn.execute(
+            select(groups).where(groups.c.region_id == region_id).order_by(groups.c.id)
+        )
+    )
+
+
+async def create_group(
+    conn: AsyncConnection,
+    *,
+    region_id: int,
+    channel: str,
+    external_id: str,
+    name: str,
+    purpose: str = "residents",
+    robot_key: str | None = None,
+) -> int:
+    result = await conn.execute(
+        insert(groups).values(
+            region_id=region_id,
+            channel=channel,
+            external_id=external_id,
+            name=name,
+            purpose=purpose,
+            robot_key=robot_key,
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+# -- conversations -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ConversationState:
+    key: str
+    flow: str | None = None
+    state: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    expires_at: datetime | None = None
+
+    def active(self, now: datetime) -> bool:
+        return self.flow is not None and (self.expires_at is None or self.expires_at > now)
+
+
+async def lock_conversation(
+    conn: AsyncConnection, key: str, *, row_lock: bool, insert_ignore: Any
+) -> ConversationState:
+    """Take the per-person lock (a row lock on PostgreSQL), then read the state.
+
+    The row is created when missing so that there is always something to lock.  On SQLite the
+    caller already serializes writers (one group-commit lane, ``BEGIN IMMEDIATE``).
+    """
+    query = select(conversations).where(conversations.c.key == key)
+    if row_lock:
+        await conn.execute(insert_ignore.values(key=key, data={}, updated_at=utcnow()))
+        query = query.with_for_update()
+    row = (await conn.execute(query)).first()
+    if row is None:
+        return ConversationState(key)
+    return ConversationState(key, row.flow, row.state, dict(row.data or {}), row.expires_at)
+
+
+async def save_conversation(
+    conn: AsyncConnection, state: ConversationState, *, upsert: Any
+) -> None:
+    await conn.execute(
+        upsert.values(
+            key=state.key,
+            flow=state.flow,
+            state=state.state,
+            data=state.data,
+            expires_at=state.expires_at,
+            updated_at=utcnow(),
+        )
+    )
+
+
+async def move_conversation(conn: AsyncConnection, old_key: str, new_key: str) -> None:
+    """Carry a conversation from an anonymous sender key to the person's key after binding."""
+    await conn.execute(conversations.delete().where(conversations.c.key == new_key))
+    await conn.execute(
+        update(conversations).where(conversations.c.key == old_key).values(key=new_key)
+    )
+
+
+# -- audit ---------------------------------------------------------------------------------
+
+
+async def record_audit(
+    conn: AsyncConnection,
+    *,
+    actor_id: int | None,
+    action: str,
+    target_type: str = "",
+    target_id: str | int = "",
+    region_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Write one audit entry (who did or viewed what, where)."""
+    await conn.execute(
+        insert(audit).values(
+            at=utcnow(),
+            actor_id=actor_id,
+            action=action,
+            target_type=target_type,
+            target_id=str(target_id),
+            region_id=region_id,
+            detail=detail or {},
+        )
+    )
+
+
+def people_in_scope_clause(scope_paths: list[str]) -> Any:
+    """A WHERE clause: the person's home region lies under one of ``scope_paths``."""
+    return or_(*[regions.c.path.startswith(p) for p in scope_paths]) if scope_paths else and_(False)

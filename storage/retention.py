@@ -1,0 +1,45 @@
+"""Keep personal data only as long as configured (PIPL): purge old logs and payloads."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.models import (
+    InboundMessage,
+    OutboxMessage,
+    OutboxStatus,
+    RawPayload,
+    SimMessage,
+    utcnow,
+)
+
+
+async def purge_expired(conn: AsyncConnection, *, older_than: timedelta) -> dict[str, int]:
+    """Delete what is older than ``older_than``; returns the number of rows per table.
+
+    Finished outbox rows go too (their payload is personal text); pending ones never do.
+    """
+    cutoff = utcnow() - older_than
+    inbound = InboundMessage.__table__
+    raw = RawPayload.__table__
+    outbox = OutboxMessage.__table__
+    sim = SimMessage.__table__
+    finished = [OutboxStatus.SENT, OutboxStatus.FAILED, OutboxStatus.DEAD]
+    counts = {
+        "inbound_messages": (
+            await conn.execute(delete(inbound).where(inbound.c.received_at < cutoff))
+        ).rowcount,
+        "raw_payloads": (
+            await conn.execute(delete(raw).where(raw.c.received_at < cutoff))
+        ).rowcount,
+        "outbox": (
+            await conn.execute(
+                delete(outbox).where(outbox.c.created_at < cutoff, outbox.c.status.in_(finished))
+            )
+        ).rowcount,
+        "sim_messages": (await conn.execute(delete(sim).where(sim.c.at < cutoff))).rowcount,
+    }
+    return {k: int(v or 0) for k, v in counts.items()}

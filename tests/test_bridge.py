@@ -1,0 +1,132 @@
+"""The bridge contract of DESIGN.md, through the real app and real databases."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from sqlalchemy import func, select
+
+from bridge_client import message, signed
+from conftest import BRIDGE_SECRET
+from storage.models import Conversation, Identity, InboundMessage, Person
+
+PATH = "/bridge/inbound"
+
+
+async def count(db, table) -> int:
+    async with db.read() as conn:
+        return (await conn.execute(select(func.count()).select_from(table))).scalar()
+
+
+async def post(client, body, **kw):
+    raw, headers = signed(body, BRIDGE_SECRET, **kw)
+    return await client.post(PATH, data=raw, headers=headers)
+
+
+async def test_registration_by_grid_code_over_the_bridge(make_config, start_app, demo, db):
+    client, _ = await start_app(make_config())
+    r = await post(client, message("m1", "wx-alice", "你好"))
+    assert r.status == 200
+    replies = (await r.json())["replies"]
+    assert replies[0]["to"] == {"user_id": "wx-alice"}
+    assert "网格编码" in "".join(x["text"] for x in replies)
+
+    r = await post(client, message("m2", "wx-alice", "g0101"))
+    assert "桃园社区第1网格" in (await r.json())["replies"][0]["text"]
+    r = await post(client, message("m3", "wx-alice", "王小丫"))
+    text = "".join(x["text"] for x in (await r.json())["replies"])
+    assert "登记好了，王小丫" in text
+    assert "网格员" in text
+    async with db.read() as conn:
+        person = (
+            await conn.execute(
+                select(Person.__table__)
+                .join(Identity.__table__)
+                .where(Identity.__table__.c.external_id == "wx-alice")
+            )
+        ).first()
+    assert person.name == "王小丫"
+    assert person.region_id == demo.grids[0].id
+
+
+async def test_roster_match_by_phone_needs_the_roster_name(make_config, start_app, demo, db):
+    client, _ = await start_app(make_config())
+    async with db.read() as conn:
+        resident = (
+            await conn.execute(
+                select(Person.__table__).where(Person.__table__.c.id == demo.resident_ids[0])
+            )
+        ).first()
+    await post(client, message("a1", "wx-bob", "在吗"))
+    r = await post(client, message("a2", "wx-bob", resident.phone[:3] + " " + resident.phone[3:]))
+    assert "姓名" in (await r.json())["replies"][0]["text"]
+    r = await post(client, message("a3", "wx-bob", "不是这个名字"))
+    assert "对不上" in (await r.json())["replies"][0]["text"]
+    r = await post(client, message("a4", "wx-bob", resident.name))
+    assert f"登记好了，{resident.name}" in (await r.json())["replies"][0]["text"]
+    r = await post(client, message("a5", "wx-bob", "我的信息"))
+    assert resident.name in (await r.json())["replies"][0]["text"]
+
+
+async def test_repeated_message_id_returns_same_replies_and_stores_nothing(
+    make_config, start_app, demo, db
+):
+    client, _ = await start_app(make_config())
+    first = await post(client, message("dup-1", "wx-carol", "你好"))
+    before = (await count(db, InboundMessage.__table__), await count(db, Conversation.__table__))
+    again = await asyncio.gather(
+        *[post(client, message("dup-1", "wx-carol", "你好")) for _ in range(3)]
+    )
+    assert all(r.status == 200 for r in again)
+    bodies = [await r.json() for r in again]
+    first_body = await first.json()
+    assert first_body["replies"]
+    assert all(b == first_body for b in bodies)
+    after = (await count(db, InboundMessage.__table__), await count(db, Conversation.__table__))
+    assert after == before
+
+
+async def test_bad_signature_is_401_and_nothing_stored(make_config, start_app, db):
+    client, _ = await start_app(make_config())
+    raw, headers = signed(message("x1", "wx-eve", "hi"), "wrong-secret")
+    r = await client.post(PATH, data=raw, headers=headers)
+    assert r.status == 401
+    assert (await r.json())["error"]["code"] == "bad_signature"
+    assert await count(db, InboundMessage.__table__) == 0
+
+
+async def test_stale_timestamp_is_401(make_config, start_app, db):
+    client, _ = await start_app(make_config())
+    r = await post(client, message("x2", "wx-eve", "hi"), timestamp=1_000_000_000)
+    assert r.status == 401
+    assert (await r.json())["error"]["code"] == "stale_timestamp"
+    assert await count(db, InboundMessage.__table__) == 0
+
+
+async def test_malformed_json_is_400(make_config, start_app, db):
+    client, _ = await start_app(make_config())
+    r = await post(client, b'{"message_id": "x3", "sender": ')
+    assert r.status == 400
+    assert (await r.json())["error"]["code"] == "malformed_json"
+    r = await post(client, {"message_id": "x4", "sender": {"id": ""}, "text": "hi"})
+    assert r.status == 400
+    assert "sender.id" in (await r.json())["error"]["message"]
+    assert await count(db, InboundMessage.__table__) == 0
+
+
+async def test_body_over_the_limit_is_413(make_config, start_app, db):
+    client, _ = await start_app(make_config())
+    r = await post(client, message("x5", "wx-eve", "谣" * 40_000))
+    assert r.status == 413
+    assert await count(db, InboundMessage.__table__) == 0
+
+
+async def test_unknown_fields_are_tolerated(make_config, start_app, demo):
+    client, _ = await start_app(make_config())
+    body = message("x6", "wx-frank", "你好")
+    body["sender"]["avatar"] = "https://example.invalid/a.png"
+    body["extra"] = {"anything": [1, 2, 3]}
+    r = await post(client, body)
+    assert r.status == 200
+    assert json.dumps((await r.json())["replies"], ensure_ascii=False).count("网格编码") == 1
