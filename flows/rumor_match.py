@@ -1,12 +1,35 @@
 """Chinese-aware lexical matching of forwarded messages against verified clarifications.
 
-Draft under measurement.
+A resident forwards a post, often long, and asks whether it is true; clarifications state a claim
+in a short sentence. The score of a claim for a message is therefore its *claim coverage*: the
+share of the claim's weighted content that the message contains, not a symmetric similarity.
+
+The claim's content is seen two ways and the two coverages are averaged:
+
+* **character bigrams** (and whole Latin/number tokens), matched exactly: robust to word
+  segmentation and to unknown names, and sensitive to word order;
+* **jieba words** of the claim, looked up as substrings of the message: robust to reordering and
+  to a claim's words being split differently in the message.
+
+A term weighs what it says in general Chinese times what it says within the knowledge base:
+
+* general weight, from resources that ship inside the jieba package: for a bigram its surprisal
+  ``-log P(bigram)`` estimated from the frequencies of jieba's dictionary words that contain it
+  (backed off to independent characters when no word contains it); for a word its IDF from
+  ``jieba.analyse``'s ``idf.txt`` (unknown words get the median, as jieba does);
+* knowledge-base factor ``log(1 + N/df) / log(1 + N)``, 1 for a term in one claim and falling
+  towards 0 for a term shared by every claim, so that what all clarifications talk about
+  ("疫情", "新冠") weighs less than what tells them apart.
+
+Weights depend only on jieba's resources and on the indexed claims, never on message traffic or
+on an evaluation set. Very short messages (at most ``SHORT_QUERY_CHARS`` characters) are keyword
+searches: claims containing the keyword are suggested, never answered.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import os
 import re
 import threading
 import unicodedata
@@ -15,9 +38,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-ClaimId = int | str
+logger = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------- public types
+ClaimId = int | str
 
 
 @dataclass(frozen=True)
@@ -47,13 +70,30 @@ class Candidate:
 
 @dataclass(frozen=True)
 class MatchResult:
-    """Outcome of matching one message; candidates are best first."""
+    """Outcome of matching one message; candidates are best first.
+
+    For ``answer``, ``candidates[0]`` is the answer; ``unknown`` has no candidates.
+    """
 
     outcome: Literal["answer", "suggest", "unknown"]
     candidates: tuple[Candidate, ...]
 
 
-DEFAULT_THRESHOLDS = Thresholds(answer=0.6, suggest=0.4, max_suggestions=3)
+# The score is the (averaged) share of a claim's weighted content found in the message, so the
+# limits read as rules, not fitted numbers: answer when the message carries at least half of
+# what the claim says; suggest when it carries at least a third of it.
+DEFAULT_THRESHOLDS = Thresholds(answer=0.5, suggest=1 / 3, max_suggestions=3)
+
+# Messages whose content is this short (e.g. "口罩") are keyword searches.
+SHORT_QUERY_CHARS = 4
+# Only the head of a very long post is read: a forwarded rumor states its claim early, and the
+# cost and the chance of accidental overlap both grow with length.
+MAX_MESSAGE_CHARS = 3000
+# An answer needs at least this many distinct claim bigrams in the message, i.e. a run of
+# four characters' worth of the claim: a single shared word is never conclusive.
+MIN_ANSWER_BIGRAMS = 3
+# Words rarer than this in jieba's IDF table count; the rest (的, 是, 在, 了, ...) carry no claim.
+MIN_WORD_IDF = 3.0
 
 # --------------------------------------------------------------------------- normalization
 
@@ -62,11 +102,17 @@ _MENTION_RE = re.compile(r"@[^\s@#:,.;!?()\[\]<>\"'，。、：；！？（）�
 _BRACKET_EMOTICON_RE = re.compile(r"\[[^\[\]\s]{1,8}\]")
 _SPACE_RE = re.compile(r"\s+")
 _SPACE_NEAR_WIDE_RE = re.compile(r" (?=[^\x00-\x7f])|(?<=[^\x00-\x7f]) ")
+# Emoji, pictographs, modifiers, variation selectors, zero-width and control characters.
 _DROPPED_CATEGORIES = frozenset({"So", "Sk", "Cf", "Co", "Cs", "Cn", "Cc", "Mn", "Me"})
+
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_RUN_RE = re.compile(rf"[{_CJK}]+|[a-z0-9]+")
+_WORD_RE = re.compile(rf"[{_CJK}]+|[a-z0-9]+")
+_NON_CONTENT_RE = re.compile(rf"[^{_CJK}a-z0-9]+")
 
 
 def _drop_symbols(text: str) -> str:
-    """Remove emoji, pictographs, format and control characters; keep whitespace as a space."""
+    """Remove emoji and invisible characters; whitespace of any kind becomes a space."""
     kept = []
     for char in text:
         if char.isspace():
@@ -79,10 +125,10 @@ def _drop_symbols(text: str) -> str:
 def normalize_text(text: str) -> str:
     """Return ``text`` in the comparable form that indexing and matching both use.
 
-    Full-width forms become half-width (NFKC), Latin letters lower case; URLs, @mentions, the
-    ``#`` of ``#topic#`` markers (the topic words stay), bracket emoticons such as ``[哭]``,
-    emoji and invisible characters are removed; whitespace runs become one space, and spaces
-    next to Chinese characters or punctuation disappear.
+    Full-width forms become half-width (NFKC) and Latin letters lower case; URLs, @mentions,
+    bracket emoticons such as ``[哭]``, emoji and invisible characters are removed, as is the
+    ``#`` of ``#topic#`` markers (the topic's words stay); whitespace runs become one space, and
+    spaces next to Chinese characters or punctuation disappear.
     """
     text = unicodedata.normalize("NFKC", text).lower()
     text = _URL_RE.sub(" ", text)
@@ -94,174 +140,334 @@ def normalize_text(text: str) -> str:
     return _SPACE_NEAR_WIDE_RE.sub("", text)
 
 
-# --------------------------------------------------------------------------- term weights
-
-_CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_RUN_RE = re.compile(rf"[{_CJK}]+|[a-z0-9]+")
-_CJK_RE = re.compile(rf"[{_CJK}]")
-_ALNUM_RE = re.compile(r"[a-z0-9]+")
-_CONTENT_RE = re.compile(rf"[{_CJK}a-z0-9]")
-
-MAX_POST_CHARS = 3000
-MIN_TERM_IDF = 3.0
-NUMBER_IDF = 4.0
-
-_jieba_lock = threading.Lock()
-_jieba_ready = False
-_idf: dict[str, float] = {}
-_median_idf = 0.0
+def _compact(normalized: str) -> str:
+    """Keep only Chinese characters, Latin letters and digits."""
+    return _NON_CONTENT_RE.sub("", normalized)
 
 
-def _ensure_jieba() -> None:
-    """Load jieba's dictionary and IDF table once, quietly."""
-    global _jieba_ready, _median_idf
-    if _jieba_ready:
-        return
-    with _jieba_lock:
-        if _jieba_ready:
-            return
-        import logging
+def _bigram_features(normalized: str) -> set[str]:
+    """Character bigrams of each Chinese run, lone Chinese characters, and Latin/number tokens."""
+    features: set[str] = set()
+    for run in _RUN_RE.findall(normalized):
+        if run.isascii():
+            if len(run) > 1 or run.isdigit():
+                features.add(run)
+        elif len(run) == 1:
+            features.add(run)
+        else:
+            features.update(run[i : i + 2] for i in range(len(run) - 1))
+    return features
 
+
+# --------------------------------------------------------------------------- general lexicon
+
+
+class _Lexicon:
+    """General-Chinese term statistics read from the files that ship inside the jieba package."""
+
+    def __init__(self) -> None:
         import jieba
         import jieba.analyse
 
         jieba.setLogLevel(logging.WARNING)
         jieba.initialize()
-        path = os.path.join(os.path.dirname(jieba.analyse.__file__), "idf.txt")
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                word, _, value = line.strip().partition(" ")
-                if value:
-                    _idf[word] = float(value)
-        values = sorted(_idf.values())
-        _median_idf = values[len(values) // 2]
-        _jieba_ready = True
+        self._jieba = jieba
+        char_freq: dict[str, int] = defaultdict(int)
+        bigram_freq: dict[str, int] = defaultdict(int)
+        for word, count in jieba.dt.FREQ.items():
+            if not count:
+                continue
+            for char in word:
+                char_freq[char] += count
+            for i in range(len(word) - 1):
+                bigram_freq[word[i : i + 2]] += count
+        self._char_freq = dict(char_freq)
+        self._bigram_freq = dict(bigram_freq)
+        self._word_freq = jieba.dt.FREQ
+        self._total = sum(self._char_freq.values())
+
+        tfidf = jieba.analyse.default_tfidf
+        self._idf: dict[str, float] = tfidf.idf_freq
+        self._median_idf: float = tfidf.median_idf
+        # No term says more than the rarest word of jieba's IDF table.
+        self.max_weight: float = max(self._idf.values())
+
+    def segment(self, normalized: str) -> list[str]:
+        """Chinese or alphanumeric words of ``normalized`` text, in order."""
+        return [w for w in self._jieba.lcut(normalized, HMM=True) if _WORD_RE.fullmatch(w)]
+
+    def word_weight(self, word: str) -> float:
+        """IDF of a word in jieba's general corpus (numbers: by their number of digits)."""
+        if word.isdigit():
+            return self._number_weight(word)
+        return self._idf.get(word, self._median_idf)
+
+    def bigram_weight(self, feature: str) -> float:
+        """Surprisal ``-log P`` of a bigram, lone character or Latin/number token."""
+        if feature.isascii():
+            if feature.isdigit():
+                return self._number_weight(feature)
+            count = self._word_freq.get(feature, 0)
+        elif len(feature) == 1:
+            count = self._char_freq.get(feature, 0)
+        else:
+            first = self._char_freq.get(feature[0], 1)
+            second = self._char_freq.get(feature[1], 1)
+            independent = first * second / self._total
+            count = max(self._bigram_freq.get(feature, 0), independent)
+        if count <= 0:
+            return self.max_weight
+        return min(self.max_weight, math.log(self._total / count))
+
+    @staticmethod
+    def _number_weight(digits: str) -> float:
+        # Numbers are everywhere in news (dates, counts): one chance in 10 per digit, at most
+        # three digits' worth.
+        return min(len(digits), 3) * math.log(10)
 
 
-def _general_idf(term: str) -> float:
-    """IDF of ``term`` in jieba's general corpus; unknown words get the median, like jieba."""
-    if term.isdigit():
-        return NUMBER_IDF if len(term) > 1 else 0.0
-    return _idf.get(term, _median_idf)
+_lexicon_lock = threading.Lock()
+_lexicon_instance: _Lexicon | None = None
 
 
-def _segment(text: str) -> list[str]:
-    """Split normalized text into jieba words that are Chinese or alphanumeric."""
-    import jieba
-
-    _ensure_jieba()
-    words = []
-    for word in jieba.lcut(text, HMM=True):
-        word = word.strip()
-        if word and (_CJK_RE.fullmatch(word[0]) or _ALNUM_RE.fullmatch(word)):
-            if all(_CONTENT_RE.match(ch) for ch in word):
-                words.append(word)
-    return words
+def _lexicon() -> _Lexicon:
+    """The shared read-only lexicon, loaded on first use (about two seconds, once)."""
+    global _lexicon_instance
+    if _lexicon_instance is None:
+        with _lexicon_lock:
+            if _lexicon_instance is None:
+                _lexicon_instance = _Lexicon()
+    return _lexicon_instance
 
 
 # --------------------------------------------------------------------------- index
 
 
-class RumorIndex:
-    """An inverted index of claims, matched by how much of a claim's weighted terms a post holds."""
+@dataclass(frozen=True)
+class _IndexedClaim:
+    compact: str
+    bigrams: frozenset[str]
+    words: frozenset[str]
 
-    def __init__(self, claims: Iterable[Claim] = (), *, kb_weight: bool = True) -> None:
-        self._claims: dict[ClaimId, tuple[str, frozenset[str]]] = {}
-        self._postings: dict[str, set[ClaimId]] = defaultdict(set)
-        self._prefixes: dict[str, int] = defaultdict(int)
-        self._max_len = 1
-        self._kb_weight = kb_weight
-        self._weights: dict[str, float] = {}
-        self._totals: dict[ClaimId, float] = {}
-        self._dirty = True
+
+class _Postings:
+    """Term -> claim ids, with general weights and knowledge-base factors."""
+
+    def __init__(self) -> None:
+        self.claims: dict[str, set[ClaimId]] = {}
+        self.general: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, term: str, claim_id: ClaimId, general_weight: float) -> bool:
+        """Record ``term`` in ``claim_id``; True when the term is new to the index."""
+        ids = self.claims.get(term)
+        if ids is None:
+            self.claims[term] = {claim_id}
+            self.general[term] = general_weight
+            return True
+        ids.add(claim_id)
+        return False
+
+    def discard(self, term: str, claim_id: ClaimId) -> bool:
+        """Forget ``term`` in ``claim_id``; True when no claim has the term any more."""
+        ids = self.claims.get(term)
+        if ids is None:
+            return False
+        ids.discard(claim_id)
+        if ids:
+            return False
+        del self.claims[term]
+        del self.general[term]
+        self.weights.pop(term, None)
+        return True
+
+    def reweigh(self, claim_count: int) -> None:
+        """Recompute every term's weight for a knowledge base of ``claim_count`` claims."""
+        norm = math.log(1 + claim_count)
+        self.weights = {
+            term: self.general[term] * math.log(1 + claim_count / len(ids)) / norm
+            for term, ids in self.claims.items()
+        }
+
+
+class RumorIndex:
+    """Verified claims, indexed for matching forwarded messages.
+
+    ``add`` and ``remove`` are incremental (admins publish and withdraw clarifications);
+    ``match`` reads only the claims that share a term with the message.
+    """
+
+    def __init__(self, claims: Iterable[Claim] = ()) -> None:
+        self._claims: dict[ClaimId, _IndexedClaim] = {}
+        self._bigrams = _Postings()
+        self._words = _Postings()
+        self._word_prefixes: dict[str, int] = defaultdict(int)
+        self._max_word_len = 1
+        self._bigram_totals: dict[ClaimId, float] = {}
+        self._word_totals: dict[ClaimId, float] = {}
+        self._stale = True
         for claim in claims:
             self.add(claim)
 
     def __len__(self) -> int:
         return len(self._claims)
 
+    def __contains__(self, claim_id: object) -> bool:
+        return claim_id in self._claims
+
     def add(self, claim: Claim) -> None:
         """Index ``claim``, replacing any claim with the same id."""
+        lexicon = _lexicon()
         if claim.id in self._claims:
             self.remove(claim.id)
         normalized = normalize_text(claim.text)
-        terms = frozenset(w for w in _segment(normalized) if _general_idf(w) >= MIN_TERM_IDF)
-        self._claims[claim.id] = (normalized, terms)
-        for term in terms:
-            if not self._postings[term]:
-                for end in range(1, len(term)):
-                    self._prefixes[term[:end]] += 1
-            self._postings[term].add(claim.id)
-            self._max_len = max(self._max_len, len(term))
-        self._dirty = True
+        bigrams = frozenset(_bigram_features(normalized))
+        words = frozenset(
+            w for w in lexicon.segment(normalized) if lexicon.word_weight(w) >= MIN_WORD_IDF
+        )
+        self._claims[claim.id] = _IndexedClaim(_compact(normalized), bigrams, words)
+        for feature in bigrams:
+            self._bigrams.add(feature, claim.id, lexicon.bigram_weight(feature))
+        for word in words:
+            if self._words.add(word, claim.id, lexicon.word_weight(word)):
+                for end in range(1, len(word)):
+                    self._word_prefixes[word[:end]] += 1
+                self._max_word_len = max(self._max_word_len, len(word))
+        self._stale = True
 
     def remove(self, claim_id: ClaimId) -> None:
-        """Forget the claim with ``claim_id``; unknown ids are ignored."""
+        """Forget the claim with ``claim_id``; an unknown id is ignored."""
         entry = self._claims.pop(claim_id, None)
         if entry is None:
             return
-        for term in entry[1]:
-            posting = self._postings[term]
-            posting.discard(claim_id)
-            if not posting:
-                del self._postings[term]
-                for end in range(1, len(term)):
-                    self._prefixes[term[:end]] -= 1
-                    if not self._prefixes[term[:end]]:
-                        del self._prefixes[term[:end]]
-        self._dirty = True
+        for feature in entry.bigrams:
+            self._bigrams.discard(feature, claim_id)
+        for word in entry.words:
+            if self._words.discard(word, claim_id):
+                for end in range(1, len(word)):
+                    prefix = word[:end]
+                    self._word_prefixes[prefix] -= 1
+                    if not self._word_prefixes[prefix]:
+                        del self._word_prefixes[prefix]
+        self._stale = True
+
+    def match(self, text: str, thresholds: Thresholds) -> MatchResult:
+        """Decide whether ``text`` is about a known claim: answer, suggest, or unknown."""
+        normalized = normalize_text(text)[:MAX_MESSAGE_CHARS]
+        compact = _compact(normalized)
+        if not compact or not self._claims:
+            return MatchResult("unknown", ())
+        self._refresh()
+        if len(compact) <= SHORT_QUERY_CHARS:
+            return self._match_keyword(compact, thresholds)
+        scores, evidence = self._score(normalized)
+        ranked = sorted(scores.items(), key=lambda item: -item[1])
+        if not ranked:
+            return MatchResult("unknown", ())
+        best_id, best_score = ranked[0]
+        suggested = tuple(
+            Candidate(cid, score)
+            for cid, score in ranked[: thresholds.max_suggestions]
+            if score >= thresholds.suggest
+        )
+        if best_score >= thresholds.answer and evidence[best_id] >= MIN_ANSWER_BIGRAMS:
+            others = tuple(c for c in suggested if c.claim_id != best_id)
+            return MatchResult("answer", (Candidate(best_id, best_score), *others))
+        if suggested:
+            return MatchResult("suggest", suggested)
+        return MatchResult("unknown", ())
+
+    # ----------------------------------------------------------------------- internals
 
     def _refresh(self) -> None:
-        n = len(self._claims)
-        self._weights = {}
-        for term, posting in self._postings.items():
-            weight = _general_idf(term)
-            if self._kb_weight and n > 1:
-                weight *= math.log(1 + n / len(posting)) / math.log(1 + n)
-            self._weights[term] = weight
-        self._totals = {
-            cid: sum(self._weights[t] for t in terms) for cid, (_, terms) in self._claims.items()
+        """Recompute term weights and claim totals after the knowledge base changed."""
+        if not self._stale:
+            return
+        count = len(self._claims)
+        self._bigrams.reweigh(count)
+        self._words.reweigh(count)
+        bigram_weights, word_weights = self._bigrams.weights, self._words.weights
+        self._bigram_totals = {
+            cid: sum(bigram_weights[t] for t in entry.bigrams)
+            for cid, entry in self._claims.items()
         }
-        self._dirty = False
+        self._word_totals = {
+            cid: sum(word_weights[t] for t in entry.words) for cid, entry in self._claims.items()
+        }
+        self._stale = False
 
-    def _find_terms(self, text: str) -> set[str]:
+    def _find_words(self, normalized: str) -> set[str]:
+        """Indexed claim words that occur as substrings of the message."""
         found: set[str] = set()
-        postings, prefixes, max_len = self._postings, self._prefixes, self._max_len
-        for run in _RUN_RE.findall(text):
-            if not _CJK_RE.match(run[0]):
+        postings, prefixes, longest = self._words.claims, self._word_prefixes, self._max_word_len
+        for run in _RUN_RE.findall(normalized):
+            if run.isascii():
                 if run in postings:
                     found.add(run)
                 continue
-            n = len(run)
-            for i in range(n):
-                for j in range(i + 1, min(n, i + max_len) + 1):
-                    piece = run[i:j]
+            size = len(run)
+            for start in range(size):
+                for end in range(start + 1, min(size, start + longest) + 1):
+                    piece = run[start:end]
                     if piece in postings:
                         found.add(piece)
                     if piece not in prefixes:
                         break
         return found
 
-    def score(self, text: str) -> dict[ClaimId, float]:
-        """Claim coverage of every claim sharing a term with ``text``."""
-        if self._dirty:
-            self._refresh()
-        normalized = normalize_text(text)[:MAX_POST_CHARS]
-        acc: dict[ClaimId, float] = defaultdict(float)
-        for term in self._find_terms(normalized):
-            weight = self._weights[term]
-            for cid in self._postings[term]:
-                acc[cid] += weight
-        return {cid: value / self._totals[cid] for cid, value in acc.items() if self._totals[cid]}
+    def _score(self, normalized: str) -> tuple[dict[ClaimId, float], dict[ClaimId, int]]:
+        """Claim coverage of each claim sharing a term with the message, and its bigram count."""
+        bigram_hits: dict[ClaimId, float] = defaultdict(float)
+        evidence: dict[ClaimId, int] = defaultdict(int)
+        postings, weights = self._bigrams.claims, self._bigrams.weights
+        for feature in _bigram_features(normalized):
+            ids = postings.get(feature)
+            if ids:
+                weight = weights[feature]
+                for cid in ids:
+                    bigram_hits[cid] += weight
+                    evidence[cid] += 1
+        word_hits: dict[ClaimId, float] = defaultdict(float)
+        postings, weights = self._words.claims, self._words.weights
+        for word in self._find_words(normalized):
+            weight = weights[word]
+            for cid in postings[word]:
+                word_hits[cid] += weight
+        scores: dict[ClaimId, float] = {}
+        for cid in bigram_hits.keys() | word_hits.keys():
+            scores[cid] = self._coverage(cid, bigram_hits.get(cid, 0.0), word_hits.get(cid, 0.0))
+        return scores, evidence
 
-    def match(self, text: str, thresholds: Thresholds) -> MatchResult:
-        """Match a resident's message against the indexed claims."""
-        scores = self.score(text)
-        ranked = sorted(scores.items(), key=lambda item: -item[1])
-        cands = tuple(Candidate(cid, s) for cid, s in ranked[: thresholds.max_suggestions])
-        if cands and cands[0].score >= thresholds.answer:
-            return MatchResult("answer", cands)
-        kept = tuple(c for c in cands if c.score >= thresholds.suggest)
-        if kept:
-            return MatchResult("suggest", kept)
-        return MatchResult("unknown", ())
+    def _coverage(self, claim_id: ClaimId, bigram_hit: float, word_hit: float) -> float:
+        """Average of the two views' claim coverage (one view when the other is empty)."""
+        parts = []
+        bigram_total = self._bigram_totals[claim_id]
+        if bigram_total > 0:
+            parts.append(bigram_hit / bigram_total)
+        word_total = self._word_totals[claim_id]
+        if word_total > 0:
+            parts.append(word_hit / word_total)
+        return min(1.0, sum(parts) / len(parts)) if parts else 0.0
+
+    def _match_keyword(self, keyword: str, thresholds: Thresholds) -> MatchResult:
+        """Suggest the claims whose text contains ``keyword`` (never a confident answer)."""
+        features = _bigram_features(keyword)
+        candidate_ids: Iterable[ClaimId]
+        if len(keyword) > 1 and features:
+            id_sets = [self._bigrams.claims.get(f, set()) for f in features]
+            candidate_ids = set.intersection(*id_sets)
+        else:
+            candidate_ids = self._claims.keys()
+        weights = self._bigrams.weights
+        hits = []
+        for cid in candidate_ids:
+            entry = self._claims[cid]
+            if keyword not in entry.compact:
+                continue
+            total = self._bigram_totals[cid]
+            covered = sum(weights[f] for f in features if f in entry.bigrams)
+            hits.append(Candidate(cid, covered / total if total > 0 else 0.0))
+        if not hits:
+            return MatchResult("unknown", ())
+        hits.sort(key=lambda c: -c.score)
+        return MatchResult("suggest", tuple(hits[: thresholds.max_suggestions]))

@@ -17,8 +17,9 @@ def alembic_config(url: str) -> AlembicConfig:
     return cfg
 
 
-def upgrade_database(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision``. Synchronous: call it off the event loop."""
+def upgrade_database(url: str, revision: str = "heads") -> None:
+    """Bring the database at ``url`` to ``revision`` (all heads: features migrate in parallel
+    branches from the initial schema).  Synchronous: call it off the event loop."""
     if url.startswith("sqlite"):
         from sqlalchemy.engine import make_url
 

@@ -24,7 +24,7 @@ from bot.app import RUNTIME, Runtime, create_app
 from bot.config import Config, parse_config
 from storage.db import Database
 from storage.migrate import upgrade_database
-from storage.models import Base
+from storage.schema import metadata as all_tables
 from storage.seed import DemoCity, seed_demo
 
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -83,7 +83,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 async def _truncate_pg(url: str) -> None:
     engine = create_async_engine(url)
-    names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    names = ", ".join(t.name for t in all_tables.sorted_tables)
     async with engine.begin() as conn:
         await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     await engine.dispose()

@@ -8,10 +8,10 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from storage.models import Base
+from storage.schema import metadata as target_metadata_all
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = target_metadata_all
 
 
 def _run(connection: Connection) -> None:
