@@ -9,8 +9,9 @@ transaction):
 2. **identify**: the sender's person (by channel identity) and the group chat, if any.
 3. **lock**: per-person serialization, taken *before* conversation state is read (a row lock on
    PostgreSQL; on SQLite the single writer lane serializes).
-4. **errors**: the handler runs in a nested savepoint; an exception is logged with context, its
-   writes are rolled back, and the sender gets a neutral apology (stored like any reply).
+4. **errors**: a handler that raises fails its job, whose savepoint rolls back every write of
+   the message; the error is logged with context and the sender gets a neutral apology, logged
+   like any reply so that a retry gets it again without running the handler twice.
 5. **handler**: the active flow, else the first matching route.
 
 Replies come back to the channel to answer inline.  If the channel's budget runs out first
@@ -24,7 +25,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -93,10 +94,7 @@ class Dispatcher:
         self, inbound: Inbound, *, budget: float | None = None
     ) -> list[Outbound] | None:
         """Handle one message; the replies to answer inline, or ``None`` if over ``budget``."""
-        lane = f"{inbound.channel}:{inbound.sender_id}"
-        task = asyncio.ensure_future(
-            self.committer.run(lambda conn: self._process(conn, inbound), lane_key=lane)
-        )
+        task = asyncio.ensure_future(self._run_chain(inbound))
         if budget is None:
             handled = await task
         else:
@@ -109,6 +107,47 @@ class Dispatcher:
         if handled.queued:
             self.on_queued()
         return handled.replies
+
+    async def _run_chain(self, inbound: Inbound) -> Handled:
+        """Steps 1-5 in one group-commit job; the error step around it.
+
+        A failing handler fails its job, whose savepoint rolls back every write it made; the
+        message is then logged with the apology in a second, tiny job, so that a platform
+        retry gets the same apology instead of running the handler again.
+        """
+        lane = f"{inbound.channel}:{inbound.sender_id}"
+        try:
+            return await self.committer.run(
+                lambda conn: self._process(conn, inbound), lane_key=lane
+            )
+        except sa_exc.IntegrityError as exc:
+            # Most likely another process logged the same message first: answer as it did.
+            seen = await self.committer.run(
+                lambda conn: self._stored_replies(conn, inbound), lane_key=lane
+            )
+            if seen is not None:
+                return seen
+            failure: Exception = exc
+        except Exception as exc:
+            failure = exc
+        self.errors.report(
+            failure,
+            where="dispatcher",
+            channel=inbound.channel,
+            dedupe_key=inbound.dedupe_key,
+            sender=inbound.sender_id,
+        )
+        return await self.committer.run(
+            lambda conn: self._log_apology(conn, inbound), lane_key=lane
+        )
+
+    async def _log_apology(self, conn: AsyncConnection, inbound: Inbound) -> Handled:
+        seen = await self._stored_replies(conn, inbound)
+        if seen is not None:
+            return seen
+        replies = [Outbound(self.texts.render("common/error"))]
+        await self._log_inbound(conn, inbound, None, replies, utcnow())
+        return Handled(replies)
 
     async def drain(self) -> None:
         """Wait for replies that missed their inline window to be queued (shutdown, tests)."""
@@ -169,15 +208,7 @@ class Dispatcher:
         seen = await self._stored_replies(conn, inbound)
         if seen is not None:
             return seen
-        try:
-            async with conn.begin_nested():
-                return await self._handle_new(conn, inbound)
-        except sa_exc.IntegrityError:
-            # Another process logged the same message first: answer what it answered.
-            seen = await self._stored_replies(conn, inbound)
-            if seen is None:
-                raise
-            return seen
+        return await self._handle_new(conn, inbound)
 
     async def _stored_replies(self, conn: AsyncConnection, inbound: Inbound) -> Handled | None:
         row = (await conn.execute(self._log_query(inbound))).first()
@@ -191,8 +222,8 @@ class Dispatcher:
     async def _handle_new(self, conn: AsyncConnection, inbound: Inbound) -> Handled:
         now = utcnow()
         # 2. identify
-        person_id = await self._identify(conn, inbound, now)
-        person = await repo.load_person(conn, person_id) if person_id else None
+        person = await self._identify(conn, inbound, now)
+        person_id = person.id if person else None
         group = (
             await repo.find_group(conn, inbound.channel, inbound.chat_id)
             if inbound.chat_id
@@ -222,62 +253,58 @@ class Dispatcher:
             group=group,
             features=self.features,
         )
-        # 4. errors, 5. handler
-        try:
-            async with conn.begin_nested():
-                await self._route(ctx)
-                if ctx.person is not None and person is None:
-                    # Registered during this message: the conversation moves to the person.
-                    conversation.key = f"p:{ctx.person.id}"
-                    await repo.move_conversation(conn, key, conversation.key)
-                if (
-                    conversation.flow,
-                    conversation.state,
-                    conversation.data,
-                    conversation.expires_at,
-                ) != before:
-                    await repo.save_conversation(conn, conversation, upsert=self._conv_upsert)
-                replies, queued = await self._queue_outbound(ctx)
-        except Exception as exc:
-            self.errors.report(
-                exc,
-                where="dispatcher",
-                channel=inbound.channel,
-                dedupe_key=inbound.dedupe_key,
-                person_id=person_id,
-            )
-            replies, queued = [Outbound(self.texts.render("common/error"))], 0
+        # 4. errors: see _run_chain.  5. handler
+        await self._route(ctx)
+        if ctx.person is not None and person is None:
+            # Registered during this message: the conversation moves to the person.
+            conversation.key = f"p:{ctx.person.id}"
+            await repo.move_conversation(conn, key, conversation.key)
+        state_now = (
+            conversation.flow,
+            conversation.state,
+            conversation.data,
+            conversation.expires_at,
+        )
+        if state_now != before:
+            await repo.save_conversation(conn, conversation, upsert=self._conv_upsert)
+        replies, queued = await self._queue_outbound(ctx)
+        await self._log_inbound(conn, inbound, ctx.person.id if ctx.person else None, replies, now)
+        return Handled(replies, queued=queued)
+
+    async def _log_inbound(
+        self,
+        conn: AsyncConnection,
+        inbound: Inbound,
+        person_id: int | None,
+        replies: list[Outbound],
+        now: datetime,
+    ) -> None:
         await conn.execute(
             insert(inbound_log).values(
                 channel=inbound.channel,
                 dedupe_key=inbound.dedupe_key,
                 sender_id=inbound.sender_id,
                 chat_id=inbound.chat_id,
-                person_id=ctx.person.id if ctx.person else None,
+                person_id=person_id,
                 kind=inbound.kind,
                 text=inbound.text[:MAX_LOGGED_TEXT],
                 replies={"texts": [r.text for r in replies], "delivery": "pending"},
                 received_at=now,
             )
         )
-        return Handled(replies, queued=queued)
 
-    async def _identify(self, conn: AsyncConnection, inbound: Inbound, now: Any) -> int | None:
-        row = (
-            await conn.execute(
-                select(identities.c.id, identities.c.person_id, identities.c.last_seen_at).where(
-                    identities.c.channel == inbound.channel,
-                    identities.c.external_id == inbound.sender_id,
-                )
-            )
-        ).first()
-        if row is None:
+    async def _identify(
+        self, conn: AsyncConnection, inbound: Inbound, now: datetime
+    ) -> repo.PersonInfo | None:
+        found = await repo.person_by_identity(conn, inbound.channel, inbound.sender_id)
+        if found is None:
             return None
-        if row.last_seen_at is None or now - row.last_seen_at > SEEN_REFRESH:
+        identity_id, last_seen, person = found
+        if last_seen is None or now - last_seen > SEEN_REFRESH:
             await conn.execute(
-                update(identities).where(identities.c.id == row.id).values(last_seen_at=now)
+                update(identities).where(identities.c.id == identity_id).values(last_seen_at=now)
             )
-        return int(row.person_id)
+        return person
 
     async def _route(self, ctx: Context) -> None:
         if not ctx.inbound.is_group and await self.flows.resume(ctx):

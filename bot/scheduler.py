@@ -75,8 +75,11 @@ class JobSpec:
 class Scheduler:
     """Owns the AsyncIOScheduler and the leadership that decides whether it runs jobs."""
 
-    def __init__(self, rt: JobRuntime, jobs: list[JobSpec]) -> None:
+    def __init__(
+        self, rt: JobRuntime, jobs: list[JobSpec], *, leader_retry_s: float = LEADER_RETRY_S
+    ) -> None:
         self.rt = rt
+        self.leader_retry_s = leader_retry_s
         self.jobs = jobs
         self.scheduler = AsyncIOScheduler(
             timezone=rt.config.tz,
@@ -146,7 +149,7 @@ class Scheduler:
             except Exception as exc:  # lost the connection: step down and try again later
                 self.rt.errors.report(exc, where="scheduler-leader")
                 await self._release()
-            await asyncio.sleep(LEADER_RETRY_S)
+            await asyncio.sleep(self.leader_retry_s)
 
     async def _release(self) -> None:
         if self.is_leader and self.scheduler.running:

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from sqlalchemy import Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
@@ -109,10 +108,10 @@ class GroupCommitter:
 
     A job is ``async def job(conn) -> result``.  Jobs with the same ``lane_key`` run in order on
     the same lane, so per-sender ordering holds; SQLite has one lane (one writer), PostgreSQL
-    ``lanes`` of them.  Each job runs inside a savepoint, so a failing job is rolled back alone
-    and its caller gets the exception; the others commit.  If the commit itself fails (a
-    deadlock with another process, a lost connection), each job of the batch is run again in a
-    transaction of its own.  Results are handed back only after the commit succeeded.
+    ``lanes`` of them.  If a job fails, or the commit fails (a deadlock with another process, a
+    lost connection), the batch is rolled back and every job of it runs again in a transaction
+    of its own, so a failing job affects only its own caller.  Jobs must therefore be
+    database work only (re-runnable).  Results are handed back only after the commit.
     """
 
     def __init__(self, db: Database, *, max_batch: int = 64, lanes: int = 4) -> None:
@@ -160,27 +159,30 @@ class GroupCommitter:
                     queue.task_done()
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
-        outcomes: list[tuple[_Pending, bool, Any]] = []
+        """Run the batch in one transaction, optimistically without savepoints.
+
+        Jobs rarely fail, so the common case costs no SAVEPOINT/RELEASE round trips.  If any
+        job raises, or the commit fails, the whole transaction is rolled back and each job is
+        run again alone, where its own failure affects only itself.
+        """
+        results: list[Any] = []
         try:
             async with self._db.write() as conn:
                 for item in batch:
-                    try:
-                        async with conn.begin_nested():
-                            outcomes.append((item, True, await item.job(conn)))
-                    except Exception as exc:  # the job's own failure goes to its caller
-                        outcomes.append((item, False, exc))
-        except (DBAPIError, OSError) as exc:
+                    results.append(await item.job(conn))
+        except Exception as exc:
             if len(batch) == 1:
                 self._settle(batch[0], False, exc)
                 return
-            log.warning("group commit of %d jobs failed (%s); retrying one by one", len(batch), exc)
+            log.debug("batch of %d jobs rolled back (%r); running them one by one",
+                      len(batch), exc)
             for item in batch:
                 await self._commit_batch([item])
             return
         self.batches += 1
         self.jobs += len(batch)
-        for item, ok, value in outcomes:
-            self._settle(item, ok, value)
+        for item, value in zip(batch, results, strict=True):
+            self._settle(item, True, value)
 
     @staticmethod
     def _settle(item: _Pending, ok: bool, value: Any) -> None:

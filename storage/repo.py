@@ -154,25 +154,61 @@ async def region_chain(conn: AsyncConnection, region: RegionInfo) -> list[Region
 
 
 async def load_person(conn: AsyncConnection, person_id: int) -> PersonInfo | None:
+    row = (await conn.execute(_PERSON_QUERY.where(people.c.id == person_id))).first()
+    return await _person_from_row(conn, row) if row else None
+
+
+async def person_by_identity(
+    conn: AsyncConnection, channel: str, external_id: str
+) -> tuple[int, datetime | None, PersonInfo] | None:
+    """The person behind a channel account: (identity id, last seen, person), in two queries."""
     row = (
         await conn.execute(
-            select(people, regions)
-            .outerjoin(regions, people.c.region_id == regions.c.id)
-            .where(people.c.id == person_id)
+            _PERSON_QUERY.add_columns(
+                identities.c.id.label("identity_id"), identities.c.last_seen_at
+            )
+            .join(identities, identities.c.person_id == people.c.id)
+            .where(identities.c.channel == channel, identities.c.external_id == external_id)
         )
     ).first()
     if row is None:
         return None
+    return row.identity_id, row.last_seen_at, await _person_from_row(conn, row)
+
+
+_PERSON_QUERY = select(
+    people.c.id,
+    people.c.name,
+    people.c.phone,
+    people.c.household_id,
+    people.c.opted_out,
+    people.c.region_id,
+    regions.c.code.label("region_code"),
+    regions.c.name.label("region_name"),
+    regions.c.level.label("region_level"),
+    regions.c.parent_id.label("region_parent_id"),
+    regions.c.path.label("region_path"),
+).outerjoin(regions, people.c.region_id == regions.c.id)
+
+
+async def _person_from_row(conn: AsyncConnection, row: Any) -> PersonInfo:
     scope_rows = await conn.execute(
         select(roles.c.role, regions)
         .join(regions, roles.c.scope_region_id == regions.c.id)
-        .where(roles.c.person_id == person_id)
+        .where(roles.c.person_id == row.id)
         .order_by(roles.c.id)
     )
     scopes = tuple(Scope(r.role, _region(r)) for r in scope_rows)
     region = None
     if row.region_id is not None:
-        region = RegionInfo(row.region_id, row.code, row.name_1, row.level, row.parent_id, row.path)
+        region = RegionInfo(
+            row.region_id,
+            row.region_code,
+            row.region_name,
+            row.region_level,
+            row.region_parent_id,
+            row.region_path,
+        )
     return PersonInfo(row.id, row.name, row.phone, region, row.household_id, row.opted_out, scopes)
 
 

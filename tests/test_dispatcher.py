@@ -1,0 +1,208 @@
+"""The dispatcher's middlewares and the flow engine, through the real app and databases."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
+
+from bridge_client import message, signed
+from conftest import BRIDGE_SECRET
+from flows.context import Context
+from flows.engine import Flow, Reask
+from handlers.router import Route
+from storage import repo
+from storage.models import AuditEntry, Conversation, OutboxMessage, utcnow
+
+audit = AuditEntry.__table__
+outbox = OutboxMessage.__table__
+
+
+class Counter(Flow):
+    """A test flow: counts messages in its data; "数字" asks for a number with re-ask."""
+
+    name = "test-counter"
+
+    class State(enum.StrEnum):
+        COUNTING = "counting"
+
+    async def begin(self, ctx: Context, **params) -> State:
+        ctx.conversation.data["n"] = 0
+        return self.State.COUNTING
+
+    async def ask(self, ctx: Context, state) -> None:
+        ctx.outbound.append(_text(f"n={ctx.conversation.data['n']}"))
+
+    async def step(self, ctx: Context, state, text: str) -> State:
+        if not text.isdigit():
+            raise Reask("common/expired")  # any template: the hint shown before re-asking
+        ctx.conversation.data["n"] += int(text)
+        await repo.record_audit(ctx.conn, actor_id=None, action="test.count")
+        return self.State.COUNTING
+
+
+def _text(text: str):
+    from flows.messages import Outbound
+
+    return Outbound(text)
+
+
+def add_route(rt, keyword: str, handler) -> None:
+    rt.dispatcher.router.routes.insert(0, Route(handler, keywords=frozenset({keyword}),
+                                                registered=None))
+
+
+async def send(client, msg_id: str, sender: str, text: str) -> list[str]:
+    raw, headers = signed(message(msg_id, sender, text), BRIDGE_SECRET)
+    response = await client.post("/bridge/inbound", data=raw, headers=headers)
+    assert response.status == 200
+    return [r["text"] for r in (await response.json())["replies"]]
+
+
+async def audit_count(db, action: str) -> int:
+    async with db.read() as conn:
+        return (await conn.execute(
+            select(func.count()).select_from(audit).where(audit.c.action == action))).scalar()
+
+
+async def test_handler_error_rolls_back_and_answers_an_apology_once(make_config, start_app, db):
+    client, rt = await start_app(make_config())
+    calls = []
+
+    async def explode(ctx: Context) -> None:
+        calls.append(1)
+        await repo.record_audit(ctx.conn, actor_id=None, action="test.half-written")
+        raise RuntimeError("boom")
+
+    add_route(rt, "爆炸", explode)
+    replies = await send(client, "e1", "wx-x", "爆炸")
+    assert replies == [rt.dispatcher.texts.render("common/error")]
+    assert await audit_count(db, "test.half-written") == 0
+    assert rt.errors.counts["dispatcher"] == 1
+    # The platform retries: same apology, the handler does not run again.
+    assert await send(client, "e1", "wx-x", "爆炸") == replies
+    assert len(calls) == 1
+
+
+async def test_reask_then_give_up_after_the_limit(make_config, start_app, db, demo):
+    client, rt = await start_app(make_config())
+    rt.dispatcher.flows.register(Counter())
+
+    async def start_counter(ctx: Context) -> None:
+        await ctx.flows.start(ctx, "test-counter")
+
+    add_route(rt, "计数", start_counter)
+    assert await send(client, "r1", "wx-y", "计数") == ["n=0"]
+    assert await send(client, "r2", "wx-y", "2") == ["n=2"]
+    expired_text = rt.dispatcher.texts.render("common/expired")
+    assert await send(client, "r3", "wx-y", "abc") == [expired_text, "n=2"]
+    assert await send(client, "r4", "wx-y", "def") == [expired_text, "n=2"]
+    assert await send(client, "r5", "wx-y", "ghi") == [rt.dispatcher.texts.render("common/give_up")]
+    async with db.read() as conn:
+        row = (await conn.execute(select(Conversation.__table__))).first()
+    assert row.flow is None
+
+
+async def test_cancel_word_ends_the_flow(make_config, start_app, db):
+    client, rt = await start_app(make_config())
+    rt.dispatcher.flows.register(Counter())
+
+    async def start_counter(ctx: Context) -> None:
+        await ctx.flows.start(ctx, "test-counter")
+
+    add_route(rt, "计数", start_counter)
+    await send(client, "c1", "wx-z", "计数")
+    assert await send(client, "c2", "wx-z", "取消") == [rt.dispatcher.texts.render("common/cancelled")]
+    # "3" no longer goes to the counter: an unknown sender is asked to register.
+    assert "网格编码" in "".join(await send(client, "c3", "wx-z", "3"))
+
+
+async def test_expired_conversation_is_not_resumed(make_config, start_app, db):
+    client, rt = await start_app(make_config())
+    rt.dispatcher.flows.register(Counter())
+
+    async def start_counter(ctx: Context) -> None:
+        await ctx.flows.start(ctx, "test-counter")
+
+    add_route(rt, "计数", start_counter)
+    await send(client, "x1", "wx-w", "计数")
+    async with db.write() as conn:
+        await conn.execute(update(Conversation.__table__)
+                           .values(expires_at=utcnow() - timedelta(minutes=1)))
+    replies = await send(client, "x2", "wx-w", "5")
+    assert "n=" not in "".join(replies)
+    assert await audit_count(db, "test.count") == 0
+
+
+async def test_reply_over_budget_goes_through_the_outbox_once(make_config, start_app, db):
+    client, rt = await start_app(make_config(conversation={"reply_budget_s": 0.2}))
+
+    async def slow(ctx: Context) -> None:
+        await asyncio.sleep(0.6)
+        ctx.outbound.append(_text("慢慢来的回复"))
+
+    add_route(rt, "慢", slow)
+    assert await send(client, "s1", "wx-slow", "慢") == []
+    await rt.dispatcher.drain()
+    async with db.read() as conn:
+        rows = list(await conn.execute(select(outbox)))
+    assert [(r.key, r.target, r.payload["text"]) for r in rows] == [
+        ("reply:bridge:s1:0", "wx-slow", "慢慢来的回复")
+    ]
+    # The platform's retry must not produce a second copy inline.
+    assert await send(client, "s1", "wx-slow", "慢") == []
+    async with db.read() as conn:
+        assert (await conn.execute(select(func.count()).select_from(outbox))).scalar() == 1
+
+
+async def test_concurrent_messages_share_commits(make_config, start_app, db, demo):
+    client, rt = await start_app(make_config())
+    jobs_before, batches_before = rt.committer.jobs, rt.committer.batches
+    await asyncio.gather(*[
+        send(client, f"g{i}", f"wx-g{i}", "你好") for i in range(60)
+    ])
+    jobs = rt.committer.jobs - jobs_before
+    batches = rt.committer.batches - batches_before
+    assert jobs == 60
+    assert batches < jobs  # group commit: fewer commits than messages
+
+
+async def test_one_persons_messages_are_serialized_across_two_instances(
+    make_config, start_app, db
+):
+    config = make_config()
+    (client_a, rt_a), (client_b, rt_b) = await start_app(config), await start_app(config)
+    for rt in (rt_a, rt_b):
+        rt.dispatcher.flows.register(Counter())
+
+        async def start_counter(ctx: Context) -> None:
+            await ctx.flows.start(ctx, "test-counter")
+
+        add_route(rt, "计数", start_counter)
+    await send(client_a, "p0", "wx-same", "计数")
+    await asyncio.gather(*[
+        send(client_a if i % 2 else client_b, f"p{i}", "wx-same", "1") for i in range(1, 21)
+    ])
+    async with db.read() as conn:
+        row = (await conn.execute(select(Conversation.__table__))).one()
+    assert row.data["n"] == 20  # no lost update between the two instances
+    assert await audit_count(db, "test.count") == 20
+
+
+async def test_same_message_to_two_instances_runs_once(make_config, start_app, db):
+    config = make_config()
+    (client_a, rt_a), (client_b, rt_b) = await start_app(config), await start_app(config)
+    for rt in (rt_a, rt_b):
+
+        async def hit(ctx: Context) -> None:
+            await repo.record_audit(ctx.conn, actor_id=None, action="test.hit")
+            ctx.outbound.append(_text("只处理一次"))
+
+        add_route(rt, "打点", hit)
+    results = await asyncio.gather(*[
+        send(client_a if i % 2 else client_b, "same-id", "wx-dup", "打点") for i in range(6)
+    ])
+    assert all(r == ["只处理一次"] for r in results)
+    assert await audit_count(db, "test.hit") == 1
