@@ -60,6 +60,14 @@ class Handled:
     queued: int = 0
 
 
+@dataclass(slots=True)
+class _LateReply:
+    """A message whose replies missed the inline window and will go through the outbox."""
+
+    task: asyncio.Future[Handled]
+    answered_inline: bool = False
+
+
 class Dispatcher:
     """Runs the middleware chain for each inbound message."""
 
@@ -83,7 +91,8 @@ class Dispatcher:
         self.errors = errors
         self.features = frozenset(router.features)
         self.on_queued: Callable[[], None] = lambda: None
-        self._late: set[asyncio.Task[Any]] = set()
+        self._late: set[asyncio.Future[Any]] = set()
+        self._late_by_key: dict[tuple[str, str], _LateReply] = {}
         self._conv_insert = db.insert_ignore(repo.conversations)
         self._outbox_insert = db.insert_ignore(outbox)
         self._conv_upsert = db.upsert(
@@ -94,6 +103,17 @@ class Dispatcher:
         self, inbound: Inbound, *, budget: float | None = None
     ) -> list[Outbound] | None:
         """Handle one message; the replies to answer inline, or ``None`` if over ``budget``."""
+        key = (inbound.channel, inbound.dedupe_key)
+        late = self._late_by_key.get(key)
+        if late is not None:
+            # A platform retry while the first attempt is still being answered late: it may
+            # carry the replies inline after all, and then the late path stands down.
+            try:
+                handled = await asyncio.wait_for(asyncio.shield(late.task), budget)
+            except TimeoutError:
+                return None
+            late.answered_inline = True
+            return handled.replies
         task = asyncio.ensure_future(self._run_chain(inbound))
         if budget is None:
             handled = await task
@@ -101,8 +121,10 @@ class Dispatcher:
             try:
                 handled = await asyncio.wait_for(asyncio.shield(task), budget)
             except TimeoutError:
+                late = _LateReply(task)
+                self._late_by_key[key] = late
                 self._late.add(task)
-                task.add_done_callback(lambda t: self._deliver_late(t, inbound))
+                task.add_done_callback(lambda t: self._deliver_late(late, inbound))
                 return None
         if handled.queued:
             self.on_queued()
@@ -157,20 +179,25 @@ class Dispatcher:
 
     # -- late replies ------------------------------------------------------------------------
 
-    def _deliver_late(self, task: asyncio.Task[Handled], inbound: Inbound) -> None:
+    def _deliver_late(self, late: _LateReply, inbound: Inbound) -> None:
+        task = late.task
+        self._late.discard(task)
+        key = (inbound.channel, inbound.dedupe_key)
         if task.cancelled() or task.exception() is not None:
-            self._late.discard(task)
+            self._late_by_key.pop(key, None)
             return
+
+        async def queue(conn: AsyncConnection) -> None:
+            if not late.answered_inline:
+                await self._queue_late_replies(conn, inbound, task.result().replies)
+
         follow_up = asyncio.ensure_future(
-            self.committer.run(
-                lambda conn: self._queue_late_replies(conn, inbound, task.result().replies),
-                lane_key=f"{inbound.channel}:{inbound.sender_id}",
-            )
+            self.committer.run(queue, lane_key=f"{inbound.channel}:{inbound.sender_id}")
         )
         self._late.add(follow_up)
         follow_up.add_done_callback(self._late.discard)
+        follow_up.add_done_callback(lambda _: self._late_by_key.pop(key, None))
         follow_up.add_done_callback(lambda _: self.on_queued())
-        self._late.discard(task)
 
     async def _queue_late_replies(
         self, conn: AsyncConnection, inbound: Inbound, replies: list[Outbound]
@@ -307,7 +334,9 @@ class Dispatcher:
         return person
 
     async def _route(self, ctx: Context) -> None:
-        if not ctx.inbound.is_group and await self.flows.resume(ctx):
+        # Events (menu clicks, subscribe, enter_agent) are never answers to a flow's question.
+        resumable = not ctx.inbound.is_group and ctx.inbound.kind != "event"
+        if resumable and await self.flows.resume(ctx):
             return
         handler = self.router.find(ctx)
         if handler is not None:

@@ -25,7 +25,7 @@ def _roles(ctx: Context) -> set[str]:
 @router.event("subscribe", "scan")
 async def on_subscribe(ctx: Context) -> None:
     """Followed the account, or scanned a grid's QR poster (scene = grid code)."""
-    scene = ctx.inbound.extra.get("scene") or None
+    scene = str(ctx.inbound.extra.get("scene") or "").strip().upper() or None
     if ctx.person is None:
         await ctx.flows.start(ctx, "registration", grid_code=scene)
         return

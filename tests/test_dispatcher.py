@@ -206,3 +206,46 @@ async def test_same_message_to_two_instances_runs_once(make_config, start_app, d
     ])
     assert all(r == ["只处理一次"] for r in results)
     assert await audit_count(db, "test.hit") == 1
+
+
+async def test_retry_during_a_late_reply_gets_it_inline_and_nothing_is_sent_twice(
+    make_config, start_app, db
+):
+    client, rt = await start_app(make_config(conversation={"reply_budget_s": 0.3}))
+
+    async def slow(ctx: Context) -> None:
+        await asyncio.sleep(0.45)
+        ctx.outbound.append(_text("稍等后的回复"))
+
+    add_route(rt, "慢", slow)
+    first = asyncio.ensure_future(send(client, "late-1", "wx-late", "慢"))
+    await asyncio.sleep(0.32)  # the first attempt is now past its budget
+    retry = await send(client, "late-1", "wx-late", "慢")
+    assert await first == []
+    assert retry == ["稍等后的回复"]
+    await rt.dispatcher.drain()
+    async with db.read() as conn:
+        assert (await conn.execute(select(func.count()).select_from(outbox))).scalar() == 0
+
+
+async def test_an_event_is_not_taken_as_an_answer_to_a_flow(make_config, start_app, db):
+    from flows.messages import Inbound
+
+    _client, rt = await start_app(make_config())
+    rt.dispatcher.flows.register(Counter())
+
+    async def start_counter(ctx: Context) -> None:
+        await ctx.flows.start(ctx, "test-counter")
+
+    add_route(rt, "计数", start_counter)
+    await rt.dispatcher.handle(Inbound(channel="bridge", sender_id="wx-ev", text="计数",
+                                       dedupe_key="ev-1"))
+    click = Inbound(channel="bridge", sender_id="wx-ev", text="", dedupe_key="ev-2",
+                    kind="event", event="view", event_key="https://example.invalid/")
+    replies = await rt.dispatcher.handle(click)
+    assert all("n=" not in r.text for r in replies)
+    assert await rt.dispatcher.handle(Inbound(channel="bridge", sender_id="wx-ev", text="4",
+                                              dedupe_key="ev-3")) is not None
+    async with db.read() as conn:
+        row = (await conn.execute(select(Conversation.__table__))).one()
+    assert row.data["n"] == 4 and "_retries" not in row.data
