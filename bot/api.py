@@ -24,9 +24,12 @@ from storage.models import ApiToken, RegionLevel, Role, utcnow
 
 PREFIX = "/api/v1"
 STAFF_ROLES = (Role.WARDEN, Role.DOCTOR, Role.ADMIN)
+MAX_ID = 2**63 - 1  # BIGINT ids
 tokens = ApiToken.__table__
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CALLER = web.RequestKey("caller", repo.PersonInfo)
+"""The authenticated person of an /api/v1 request: ``request[CALLER]`` in handlers."""
 
 
 class ApiError(web.HTTPException):
@@ -225,7 +228,7 @@ class Api:
             return await handler(request)
         try:
             if request.path != PREFIX + "/openapi.json":
-                request["person"] = await self._authenticate(request)
+                request[CALLER] = await self._authenticate(request)
             return await handler(request)
         except ApiError:
             raise
@@ -262,7 +265,7 @@ class Api:
         return web.json_response(openapi_document(self.operations))
 
     async def me(self, request: web.Request) -> web.Response:
-        person: repo.PersonInfo = request["person"]
+        person = request[CALLER]
         return _json(
             {
                 "id": person.id,
@@ -274,7 +277,7 @@ class Api:
         )
 
     async def list_regions(self, request: web.Request) -> web.Response:
-        person: repo.PersonInfo = request["person"]
+        person = request[CALLER]
         level = request.query.get("level")
         if level is not None and level not in {lv.value for lv in RegionLevel}:
             raise ApiError(
@@ -288,7 +291,7 @@ class Api:
         return _json({"regions": [_region_json(r) for r in seen.values()]})
 
     async def get_region(self, request: web.Request) -> web.Response:
-        person: repo.PersonInfo = request["person"]
+        person = request[CALLER]
         async with self.db.read() as conn:
             region = await scoped_region(conn, person, request.match_info["code"])
             children = [
@@ -297,9 +300,9 @@ class Api:
         return _json({**_region_json(region), "children": [_region_json(c) for c in children]})
 
     async def list_people(self, request: web.Request) -> web.Response:
-        person: repo.PersonInfo = request["person"]
+        person = request[CALLER]
         limit = _int_param(request, "limit", 100, 1, 500)
-        after = _int_param(request, "after", 0, 0, None)
+        after = _int_param(request, "after", 0, 0, MAX_ID)
         code = request.query.get("region") or person.scope_regions(*STAFF_ROLES)[0].code
         async with self.db.write() as conn:
             region = await scoped_region(conn, person, code)
@@ -331,12 +334,13 @@ class Api:
         return _json({"people": items, "next_after": next_after})
 
     async def get_person(self, request: web.Request) -> web.Response:
-        person: repo.PersonInfo = request["person"]
+        person = request[CALLER]
         raw_id = request.match_info["id"]
-        if not raw_id.isdigit():
+        if not (raw_id.isascii() and raw_id.isdigit()):
             raise ApiError(400, "bad_parameter", "id must be a number")
         async with self.db.write() as conn:
-            target = await repo.load_person(conn, int(raw_id))
+            # An id beyond BIGINT cannot exist (and would make PostgreSQL raise).
+            target = await repo.load_person(conn, int(raw_id)) if int(raw_id) <= MAX_ID else None
             if target is None:
                 raise ApiError(404, "not_found", f"no person with id {raw_id}")
             if target.region is None or not person.can_act_on(target.region, *STAFF_ROLES):
@@ -380,16 +384,22 @@ def _sees_full_phone(person: repo.PersonInfo, region: repo.RegionInfo) -> bool:
 
 
 def _roots(regions: list[repo.RegionInfo]) -> list[repo.RegionInfo]:
-    """Drop regions that lie under another one of the list."""
-    return [r for r in regions if not any(o is not r and o.contains(r) for o in regions)]
+    """Drop repeats and regions that lie under another one of the list.
+
+    A person can hold two roles on one region: those scopes are equal regions that contain each
+    other, so compare by id, or both would be dropped.
+    """
+    unique = list({r.id: r for r in regions}.values())
+    return [r for r in unique if not any(o.id != r.id and o.contains(r) for o in unique)]
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int | None) -> int:
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
-        bound = f"{low}-{high}" if high is not None else f">= {low}"
+    # isascii: str.isdigit() accepts "²" and other digits that int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        bound = f"{low}-{high}" if high < MAX_ID else f">= {low}"
         raise ApiError(400, "bad_parameter", f"{name} must be an integer {bound}")
     return int(raw)
 

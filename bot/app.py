@@ -18,14 +18,23 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from bot.api import Api
+from bot.api_checkin import install_checkin_api
+from bot.api_notices import install_notices_api
+from bot.api_requests import install_requests_api
+from bot.api_rumors import install_rumors_api
 from bot.channels.base import Sender
+from bot.checkin_jobs import checkin_jobs
 from bot.channels.bridge import BridgeChannel
 from bot.channels.simulator import SimulatorChannel
+from bot.channels.wechat_mp import WeChatMPChannel
+from bot.channels.wecom import WeComChannel
 from bot.config import Config
 from bot.delivery import DeliveryWorker
 from bot.dispatcher import Dispatcher
 from bot.errors import ErrorReporter
 from bot.jobs import foundation_jobs
+from bot.notices_jobs import notices_jobs
+from bot.requests_jobs import requests_jobs
 from bot.scheduler import JobRuntime, JobSpec, Scheduler
 from flows.engine import FlowEngine
 from flows.texts import TEMPLATE_ROOT, Texts
@@ -63,7 +72,7 @@ def page_environment() -> Environment:
 
 
 def build_jobs(config: Config) -> list[JobSpec]:
-    return foundation_jobs()
+    return foundation_jobs() + requests_jobs(config) + checkin_jobs(config) + notices_jobs(config)
 
 
 async def build_runtime(config: Config, *, session: aiohttp.ClientSession | None = None) -> Runtime:
@@ -96,6 +105,20 @@ async def build_runtime(config: Config, *, session: aiohttp.ClientSession | None
             session,
             reply_budget_s=config.conversation.reply_budget_s,
         )
+    if config.channels.wechat_mp.enabled:
+        channels["wechat_mp"] = WeChatMPChannel(
+            config.channels.wechat_mp,
+            dispatcher,
+            session,
+            reply_budget_s=config.conversation.reply_budget_s,
+        )
+    if config.channels.wecom.enabled:
+        channels["wecom"] = WeComChannel(
+            config.channels.wecom,
+            dispatcher,
+            session,
+            reply_budget_s=config.conversation.reply_budget_s,
+        )
     senders: dict[str, Sender] = {name: ch for name, ch in channels.items()}
     delivery = DeliveryWorker(db, senders, config.outbox, errors)
     dispatcher.on_queued = delivery.wake
@@ -116,7 +139,19 @@ async def build_runtime(config: Config, *, session: aiohttp.ClientSession | None
         delivery=delivery,
         scheduler=scheduler,
         errors=errors,
-        api=Api(db),
+        api=install_rumors_api(
+            install_notices_api(
+                install_checkin_api(
+                    install_requests_api(Api(db), db, config, delivery.wake), db, config
+                ),
+                db,
+                config,
+                delivery.wake,
+            ),
+            db,
+            config,
+            delivery.wake,
+        ),
         session=session,
         channels=channels,
     )

@@ -15,6 +15,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flows.checkin_config import CheckinConfig
+from flows.rumor_match import DEFAULT_THRESHOLDS
+
 DEFAULT_CONFIG_PATH = "config.yaml"
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -66,6 +69,17 @@ class WeChatMPConfig(_Section):
     api_base: str = "https://api.weixin.qq.com"
     path: str = "/wechat/mp"
     max_clock_skew_s: int = Field(300, ge=0)
+    fallback_template_id: str = ""
+    """Template message sent instead when a customer-service message is refused as outside the
+    48-hour window (45015) or over its count (45047); empty: no template fallback."""
+    fallback_template_field: str = "content"
+    """The template's data field that carries the text (cut to 200 characters)."""
+    fallback_subscribe_template_id: str = ""
+    """Subscribe message (bizsend) used the same way when no template is configured."""
+    fallback_subscribe_field: str = "thing1"
+    """The subscribe template's field that carries the text (cut to 20 characters)."""
+    fallback_page: str = ""
+    """Link (template ``url``, subscribe ``page``) the fallback message opens, if any."""
 
 
 class WeComConfig(_Section):
@@ -116,6 +130,130 @@ class SchedulerConfig(_Section):
     misfire_grace_s: int = Field(3600, ge=1)
 
 
+class RequestDeadline(_Section):
+    """Minutes a handler has to accept a request, and to resolve it once filed."""
+
+    accept_minutes: int = Field(ge=1)
+    resolve_minutes: int = Field(ge=1)
+
+
+class CategoryDeadlines(_Section):
+    urgent: RequestDeadline
+    normal: RequestDeadline
+
+
+def _deadlines(urgent: tuple[int, int], normal: tuple[int, int]) -> CategoryDeadlines:
+    return CategoryDeadlines(
+        urgent=RequestDeadline(accept_minutes=urgent[0], resolve_minutes=urgent[1]),
+        normal=RequestDeadline(accept_minutes=normal[0], resolve_minutes=normal[1]),
+    )
+
+
+class RequestDeadlines(_Section):
+    """Deadlines per category and urgency.  Each level a request escalates to gets the same
+    window again (the accept window while nobody accepted it, else the resolve window)."""
+
+    supplies: CategoryDeadlines = _deadlines((60, 480), (240, 1440))
+    medical: CategoryDeadlines = _deadlines((30, 240), (120, 1440))
+    daily: CategoryDeadlines = _deadlines((60, 720), (240, 2880))
+    complaint: CategoryDeadlines = _deadlines((120, 1440), (480, 4320))
+    suggestion: CategoryDeadlines = _deadlines((480, 4320), (1440, 10080))
+    other: CategoryDeadlines = _deadlines((120, 1440), (480, 4320))
+
+
+class RequestsConfig(_Section):
+    """Residents' requests (诉求): deadlines, the deadline sweep, chat lists."""
+
+    deadlines: RequestDeadlines = RequestDeadlines()
+    auto_close_days: int = Field(7, ge=1)
+    """A resolved request the resident neither confirms nor reopens is closed after this."""
+    sweep_interval_s: int = Field(60, ge=1)
+    sweep_batch: int = Field(10000, ge=1, le=20000)
+    """Requests escalated per statement (and per transaction): bounds the sweep's memory."""
+    max_description: int = Field(500, ge=10)
+    list_limit: int = Field(10, ge=1, le=50)
+    """Requests shown by the chat lists (我的诉求, 待办, 督办)."""
+
+
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class NoticesConfig(_Section):
+    """Notices (通知): quiet hours, sizes, the queuing job, resend spacing, text limits."""
+
+    quiet_hours: bool = True
+    """Hold non-urgent notices queued between ``quiet_start`` and ``quiet_end`` (local time)
+    until ``quiet_end``."""
+    quiet_start: str = "22:00"
+    quiet_end: str = "07:00"
+    max_text_chars: int = Field(1500, ge=10)
+    queue_page_size: int = Field(20000, ge=100)
+    """Recipients queued per statement and transaction (bounds lock time and memory)."""
+    inline_max_targets: int = Field(5000, ge=0)
+    """A notice sent now from chat to at most this many recipients is queued while answering;
+    a larger one is queued by the job within ``poll_interval_s``."""
+    poll_interval_s: int = Field(15, ge=1)
+    """How often the job looks for scheduled notices that are due."""
+    lease_s: int = Field(300, ge=10)
+    """A notice being queued by a process that died is taken over after this."""
+    resend_min_interval_s: int = Field(600, ge=0)
+    """Reminders of one notice to those who have not acknowledged are at least this far apart."""
+    group_purposes: tuple[str, ...] = ("residents",)
+    """Chat groups (by ``purpose``) that notices go to."""
+    max_length: dict[str, int] = Field(default_factory=dict)
+    """Overrides of the per-channel text limits in ``flows.notices`` (keys ``channel`` or
+    ``channel:kind``; the unit, characters or UTF-8 bytes, stays the channel's)."""
+    part_gap_s: float = Field(2.0, ge=0)
+    """A notice split for a channel's length limit: each part is due this much after the last."""
+    receipts_shown: int = Field(5, ge=1, le=20)
+
+    @field_validator("quiet_start", "quiet_end")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        if not _CLOCK.match(value):
+            raise ValueError(f"{value!r} is not a time of day like 22:00")
+        return value
+
+    @field_validator("max_length")
+    @classmethod
+    def _usable_lengths(cls, value: dict[str, int]) -> dict[str, int]:
+        for key, size in value.items():
+            if size < 50:
+                raise ValueError(f"{key}: {size} is too short to carry a notice (at least 50)")
+        return value
+
+
+class RumorsConfig(_Section):
+    """Rumor clarification: match thresholds, grouping of unanswered questions, reports."""
+
+    answer_threshold: float = Field(DEFAULT_THRESHOLDS.answer, gt=0, le=1)
+    """A clarification scoring at least this (claim coverage, 0-1) is answered outright."""
+    suggest_threshold: float = Field(DEFAULT_THRESHOLDS.suggest, gt=0, le=1)
+    """Clarifications scoring at least this are offered as numbered suggestions."""
+    max_suggestions: int = Field(DEFAULT_THRESHOLDS.max_suggestions, ge=1, le=9)
+    forward_min_chars: int = Field(30, ge=5)
+    """A direct message at least this long, without a command, is read as a forwarded post."""
+    group_similarity: float = Field(0.6, gt=0, le=1)
+    """Unanswered questions whose heads share at least this share of character bigrams
+    (Jaccard) are grouped into one review item."""
+    group_window_days: int = Field(30, ge=1)
+    """Only review items asked about within this many days take new questions."""
+    group_candidates: int = Field(500, ge=1, le=5000)
+    """Most recently asked pending items compared with a new unanswered question."""
+    report_days: int = Field(7, ge=1, le=366)
+    report_limit: int = Field(10, ge=1, le=100)
+    """Claims listed by "谣言榜" and the report endpoint (each of answered and unanswered)."""
+    notify_page_size: int = Field(1000, ge=1, le=20000)
+    """People notified per statement when a clarification is published or corrected."""
+    max_explanation_chars: int = Field(1000, ge=50, le=4000)
+
+    @model_validator(mode="after")
+    def _suggest_below_answer(self) -> RumorsConfig:
+        if self.suggest_threshold > self.answer_threshold:
+            raise ValueError("suggest_threshold must not exceed answer_threshold")
+        return self
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -125,6 +263,10 @@ class Config(_Section):
     conversation: ConversationConfig = ConversationConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    notices: NoticesConfig = NoticesConfig()
+    requests: RequestsConfig = RequestsConfig()
+    checkin: CheckinConfig = CheckinConfig()
+    rumors: RumorsConfig = RumorsConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("timezone")

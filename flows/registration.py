@@ -53,8 +53,10 @@ class Registration(Flow):
         if state == self.State.CODE_OR_PHONE:
             return await self._code_or_phone(ctx, normalize_reply(text))
         if state == self.State.NEW_NAME:
-            return await self._new_name(ctx, text.strip())
-        return await self._confirm_name(ctx, text.strip())
+            await self._new_name(ctx, text.strip())
+        else:
+            await self._confirm_name(ctx, text.strip())
+        return None
 
     async def give_up(self, ctx: Context, state: enum.StrEnum) -> None:
         ctx.say("registration/give_up")

@@ -23,6 +23,10 @@ from storage import repo
 from storage.models import LEVEL_ORDER, RegionLevel, Role
 
 PHONE = re.compile(r"^1[3-9]\d{9}$")
+# Column sizes (storage/models.py): a longer value is a bad row, not a database error.
+MAX_CODE = 64
+MAX_REGION_NAME = 128
+MAX_ADDRESS_PART = 64
 
 PEOPLE_HEADERS = {
     "姓名": "name",
@@ -194,6 +198,8 @@ async def _import_regions(
         problem = None
         if not code or not name:
             problem = "编码和名称不能为空"
+        elif len(code) > MAX_CODE or len(name) > MAX_REGION_NAME:
+            problem = f"编码最长 {MAX_CODE} 个字符，名称最长 {MAX_REGION_NAME} 个字符"
         elif level is None:
             problem = f"级别“{row.get('level', '')}”无效，应为 市/区/街道/社区/网格"
         elif code in planned:
@@ -221,8 +227,8 @@ async def _import_regions(
         if await repo.get_region_by_code(conn, code) is not None:
             report.unchanged += 1
             continue
-        parent = await repo.get_region_by_code(conn, parent_code) if parent_code else None
-        await repo.create_region(conn, code=code, name=name, level=level, parent=parent)
+        above = await repo.get_region_by_code(conn, parent_code) if parent_code else None
+        await repo.create_region(conn, code=code, name=name, level=level, parent=above)
         report.created += 1
     report.written = True
 
@@ -274,6 +280,10 @@ async def _import_people(
             problem = "姓名不能为空"
         elif len(name) > 64:
             problem = "姓名过长"
+        elif len(row.get("building", "")) > MAX_ADDRESS_PART:
+            problem = f"楼栋最长 {MAX_ADDRESS_PART} 个字符"
+        elif len(row.get("door", "")) > MAX_ADDRESS_PART:
+            problem = f"门牌最长 {MAX_ADDRESS_PART} 个字符"
         elif phone is not None and not PHONE.match(phone):
             problem = f"手机号“{phone}”格式不对，应为 11 位手机号"
         elif grid is None:

@@ -21,9 +21,18 @@ A term weighs what it says in general Chinese times what it says within the know
   towards 0 for a term shared by every claim, so that what all clarifications talk about
   ("疫情", "新冠") weighs less than what tells them apart.
 
+Each view's coverage is corrected for chance, like Cohen's kappa: a long post contains common
+terms anyway, so the coverage it would reach by accident (from each term's general probability
+per character and the post's length) is subtracted and the rest rescaled to [0, 1]. A post that
+contains the whole claim still scores 1.
+
 Weights depend only on jieba's resources and on the indexed claims, never on message traffic or
 on an evaluation set. Very short messages (at most ``SHORT_QUERY_CHARS`` characters) are keyword
-searches: claims containing the keyword are suggested, never answered.
+searches: claims containing the keyword are suggested, never answered. Empty, emoji-only or
+punctuation-only messages are unknown.
+
+The index is an in-memory cache rebuilt from the stored clarifications; it is meant to be used
+from one thread (the event loop) and is not locked.
 """
 
 from __future__ import annotations
@@ -32,10 +41,12 @@ import logging
 import math
 import re
 import threading
+import time
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 logger = logging.getLogger(__name__)
@@ -45,10 +56,12 @@ ClaimId = int | str
 
 @dataclass(frozen=True)
 class Claim:
-    """The claim of one clarification (optionally followed by extra keyword text)."""
+    """The claim of one clarification, and optionally its explanation as ``context``."""
 
     id: ClaimId
     text: str
+    context: str = ""
+    """Secondary, down-weighted evidence: what the clarification's explanation says."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +92,9 @@ class MatchResult:
     candidates: tuple[Candidate, ...]
 
 
-# The score is the (averaged) share of a claim's weighted content found in the message, so the
-# limits read as rules, not fitted numbers: answer when the message carries at least half of
-# what the claim says; suggest when it carries at least a third of it.
+# The score is the share of a claim's weighted content that the message carries beyond chance
+# (averaged over the two views), so the limits read as rules rather than fitted numbers: answer
+# when the message carries at least half of what the claim says, suggest when at least a third.
 DEFAULT_THRESHOLDS = Thresholds(answer=0.5, suggest=1 / 3, max_suggestions=3)
 
 # Messages whose content is this short (e.g. "口罩") are keyword searches.
@@ -94,6 +107,10 @@ MAX_MESSAGE_CHARS = 3000
 MIN_ANSWER_BIGRAMS = 3
 # Words rarer than this in jieba's IDF table count; the rest (的, 是, 在, 了, ...) carry no claim.
 MIN_WORD_IDF = 3.0
+# How much the explanation (context) can add: the claim score ``s`` becomes
+# ``1 - (1 - s) * (1 - CONTEXT_WEIGHT * c)`` for the context coverage ``c`` (a noisy-OR in which
+# the secondary field counts half).  Only claims the message already overlaps are scored.
+CONTEXT_WEIGHT = 0.5
 
 # --------------------------------------------------------------------------- normalization
 
@@ -102,24 +119,24 @@ _MENTION_RE = re.compile(r"@[^\s@#:,.;!?()\[\]<>\"'，。、：；！？（）�
 _BRACKET_EMOTICON_RE = re.compile(r"\[[^\[\]\s]{1,8}\]")
 _SPACE_RE = re.compile(r"\s+")
 _SPACE_NEAR_WIDE_RE = re.compile(r" (?=[^\x00-\x7f])|(?<=[^\x00-\x7f]) ")
-# Emoji, pictographs, modifiers, variation selectors, zero-width and control characters.
-_DROPPED_CATEGORIES = frozenset({"So", "Sk", "Cf", "Co", "Cs", "Cn", "Cc", "Mn", "Me"})
+# Emoji and other symbols, modifiers, variation selectors, zero-width, control and private-use
+# characters. Only runs outside printable ASCII, CJK punctuation and CJK ideographs are checked
+# character by character, which keeps long posts fast.
+_DROPPED_CATEGORIES = frozenset({"So", "Sk", "Cf", "Cc", "Co", "Cs", "Cn", "Mn", "Me"})
+_UNUSUAL_RE = re.compile(r"[^\x20-\x7e\u3001-\u3011\u4e00-\u9fff]+")
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _RUN_RE = re.compile(rf"[{_CJK}]+|[a-z0-9]+")
-_WORD_RE = re.compile(rf"[{_CJK}]+|[a-z0-9]+")
 _NON_CONTENT_RE = re.compile(rf"[^{_CJK}a-z0-9]+")
 
 
-def _drop_symbols(text: str) -> str:
-    """Remove emoji and invisible characters; whitespace of any kind becomes a space."""
-    kept = []
-    for char in text:
-        if char.isspace():
-            kept.append(" ")
-        elif unicodedata.category(char) not in _DROPPED_CATEGORIES:
-            kept.append(char)
-    return "".join(kept)
+def _keep_text(match: re.Match[str]) -> str:
+    """Of an unusual run of characters, keep whitespace and anything that is not a symbol."""
+    return "".join(
+        char
+        for char in match.group()
+        if char.isspace() or unicodedata.category(char) not in _DROPPED_CATEGORIES
+    )
 
 
 def normalize_text(text: str) -> str:
@@ -135,7 +152,7 @@ def normalize_text(text: str) -> str:
     text = _MENTION_RE.sub(" ", text)
     text = _BRACKET_EMOTICON_RE.sub(" ", text)
     text = text.replace("#", " ")
-    text = _drop_symbols(text)
+    text = _UNUSUAL_RE.sub(_keep_text, text)
     text = _SPACE_RE.sub(" ", text).strip()
     return _SPACE_NEAR_WIDE_RE.sub("", text)
 
@@ -145,17 +162,21 @@ def _compact(normalized: str) -> str:
     return _NON_CONTENT_RE.sub("", normalized)
 
 
-def _bigram_features(normalized: str) -> set[str]:
-    """Character bigrams of each Chinese run, lone Chinese characters, and Latin/number tokens."""
-    features: set[str] = set()
+def _bigram_features(normalized: str) -> dict[str, None]:
+    """Character bigrams of each Chinese run, lone Chinese characters, and Latin/number tokens.
+
+    Distinct, in order of first occurrence (a dict), so that sums over them do not depend on
+    string hashing.
+    """
+    features: dict[str, None] = {}
     for run in _RUN_RE.findall(normalized):
         if run.isascii():
             if len(run) > 1 or run.isdigit():
-                features.add(run)
+                features[run] = None
         elif len(run) == 1:
-            features.add(run)
+            features[run] = None
         else:
-            features.update(run[i : i + 2] for i in range(len(run) - 1))
+            features.update(dict.fromkeys(run[i : i + 2] for i in range(len(run) - 1)))
     return features
 
 
@@ -167,7 +188,6 @@ class _Lexicon:
 
     def __init__(self) -> None:
         import jieba
-        import jieba.analyse
 
         jieba.setLogLevel(logging.WARNING)
         jieba.initialize()
@@ -186,15 +206,23 @@ class _Lexicon:
         self._word_freq = jieba.dt.FREQ
         self._total = sum(self._char_freq.values())
 
-        tfidf = jieba.analyse.default_tfidf
-        self._idf: dict[str, float] = tfidf.idf_freq
-        self._median_idf: float = tfidf.median_idf
+        # Read jieba.analyse's IDF table directly: importing jieba.analyse leaves a file open.
+        self._idf: dict[str, float] = {}
+        idf_path = Path(jieba.__file__).parent / "analyse" / "idf.txt"
+        with idf_path.open(encoding="utf-8") as handle:
+            for line in handle:
+                word, _, value = line.strip().partition(" ")
+                if value:
+                    self._idf[word] = float(value)
+        values = sorted(self._idf.values())
+        # jieba gives words missing from the table the median IDF.
+        self._median_idf = values[len(values) // 2]
         # No term says more than the rarest word of jieba's IDF table.
-        self.max_weight: float = max(self._idf.values())
+        self.max_weight = values[-1]
 
     def segment(self, normalized: str) -> list[str]:
         """Chinese or alphanumeric words of ``normalized`` text, in order."""
-        return [w for w in self._jieba.lcut(normalized, HMM=True) if _WORD_RE.fullmatch(w)]
+        return [w for w in self._jieba.lcut(normalized, HMM=True) if _RUN_RE.fullmatch(w)]
 
     def word_weight(self, word: str) -> float:
         """IDF of a word in jieba's general corpus (numbers: by their number of digits)."""
@@ -219,6 +247,18 @@ class _Lexicon:
             return self.max_weight
         return min(self.max_weight, math.log(self._total / count))
 
+    def word_probability(self, word: str) -> float:
+        """Chance that a given character position starts ``word`` in general text."""
+        if word.isdigit():
+            return math.exp(-self._number_weight(word))
+        count = self._word_freq.get(word, 0)
+        if count:
+            return count / self._total
+        probability = 1.0
+        for char in word:
+            probability *= self._char_freq.get(char, 1) / self._total
+        return probability
+
     @staticmethod
     def _number_weight(digits: str) -> float:
         # Numbers are everywhere in news (dates, counts): one chance in 10 per digit, at most
@@ -236,11 +276,37 @@ def _lexicon() -> _Lexicon:
     if _lexicon_instance is None:
         with _lexicon_lock:
             if _lexicon_instance is None:
+                started = time.perf_counter()
                 _lexicon_instance = _Lexicon()
+                logger.info("rumor lexicon loaded in %.1f s", time.perf_counter() - started)
     return _lexicon_instance
 
 
+def preload() -> None:
+    """Load jieba's lexicon now (about two seconds, once per process), e.g. in a worker thread,
+    rather than inside the first match or index update."""
+    _lexicon()
+
+
 # --------------------------------------------------------------------------- index
+
+
+def _chance_corrected(
+    coverage: float, total: float, terms: frozenset[str], view: _Postings, length: int
+) -> float:
+    """Coverage beyond what a text of ``length`` characters would reach by chance (kappa-like).
+
+    A term of general per-position probability ``p`` occurs somewhere in ``length`` characters
+    with probability ``1 - exp(-length * p)``; the expected chance coverage is the weighted mean
+    of that over the claim's terms, and the result rescales the remainder to [0, 1].
+    """
+    chance = (
+        math.fsum(view.weights[t] * -math.expm1(-length * view.probability[t]) for t in terms)
+        / total
+    )
+    if chance >= 1:
+        return 0.0
+    return max(0.0, (coverage - chance) / (1 - chance))
 
 
 @dataclass(frozen=True)
@@ -248,6 +314,8 @@ class _IndexedClaim:
     compact: str
     bigrams: frozenset[str]
     words: frozenset[str]
+    context: frozenset[str]  # bigrams of the explanation that the claim does not have
+    order: int  # when it was added: the last tie-break, so results never depend on hashing
 
 
 class _Postings:
@@ -256,14 +324,16 @@ class _Postings:
     def __init__(self) -> None:
         self.claims: dict[str, set[ClaimId]] = {}
         self.general: dict[str, float] = {}
+        self.probability: dict[str, float] = {}
         self.weights: dict[str, float] = {}
 
-    def add(self, term: str, claim_id: ClaimId, general_weight: float) -> bool:
+    def add(self, term: str, claim_id: ClaimId, general_weight: float, probability: float) -> bool:
         """Record ``term`` in ``claim_id``; True when the term is new to the index."""
         ids = self.claims.get(term)
         if ids is None:
             self.claims[term] = {claim_id}
             self.general[term] = general_weight
+            self.probability[term] = probability
             return True
         ids.add(claim_id)
         return False
@@ -278,6 +348,7 @@ class _Postings:
             return False
         del self.claims[term]
         del self.general[term]
+        del self.probability[term]
         self.weights.pop(term, None)
         return True
 
@@ -299,12 +370,13 @@ class RumorIndex:
 
     def __init__(self, claims: Iterable[Claim] = ()) -> None:
         self._claims: dict[ClaimId, _IndexedClaim] = {}
+        self._added = 0
         self._bigrams = _Postings()
         self._words = _Postings()
+        self._context = _Postings()
         self._word_prefixes: dict[str, int] = defaultdict(int)
         self._max_word_len = 1
-        self._bigram_totals: dict[ClaimId, float] = {}
-        self._word_totals: dict[ClaimId, float] = {}
+        self._totals: dict[ClaimId, tuple[float, float, float]] = {}  # bigrams, words, context
         self._stale = True
         for claim in claims:
             self.add(claim)
@@ -325,11 +397,20 @@ class RumorIndex:
         words = frozenset(
             w for w in lexicon.segment(normalized) if lexicon.word_weight(w) >= MIN_WORD_IDF
         )
-        self._claims[claim.id] = _IndexedClaim(_compact(normalized), bigrams, words)
+        context = frozenset(_bigram_features(normalize_text(claim.context))) - bigrams
+        self._added += 1
+        self._claims[claim.id] = _IndexedClaim(
+            _compact(normalized), bigrams, words, context, self._added
+        )
         for feature in bigrams:
-            self._bigrams.add(feature, claim.id, lexicon.bigram_weight(feature))
+            weight = lexicon.bigram_weight(feature)
+            self._bigrams.add(feature, claim.id, weight, math.exp(-weight))
+        for feature in context:
+            weight = lexicon.bigram_weight(feature)
+            self._context.add(feature, claim.id, weight, math.exp(-weight))
         for word in words:
-            if self._words.add(word, claim.id, lexicon.word_weight(word)):
+            word_args = (lexicon.word_weight(word), lexicon.word_probability(word))
+            if self._words.add(word, claim.id, *word_args):
                 for end in range(1, len(word)):
                     self._word_prefixes[word[:end]] += 1
                 self._max_word_len = max(self._max_word_len, len(word))
@@ -342,6 +423,8 @@ class RumorIndex:
             return
         for feature in entry.bigrams:
             self._bigrams.discard(feature, claim_id)
+        for feature in entry.context:
+            self._context.discard(feature, claim_id)
         for word in entry.words:
             if self._words.discard(word, claim_id):
                 for end in range(1, len(word)):
@@ -353,15 +436,30 @@ class RumorIndex:
 
     def match(self, text: str, thresholds: Thresholds) -> MatchResult:
         """Decide whether ``text`` is about a known claim: answer, suggest, or unknown."""
-        normalized = normalize_text(text)[:MAX_MESSAGE_CHARS]
+        # Normalizing mostly shrinks text: half as much again of raw text fills the budget.
+        normalized = normalize_text(text[: MAX_MESSAGE_CHARS * 3 // 2])[:MAX_MESSAGE_CHARS]
         compact = _compact(normalized)
         if not compact or not self._claims:
             return MatchResult("unknown", ())
         self._refresh()
         if len(compact) <= SHORT_QUERY_CHARS:
-            return self._match_keyword(compact, thresholds)
-        scores, evidence = self._score(normalized)
-        ranked = sorted(scores.items(), key=lambda item: -item[1])
+            # Spaces between Chinese words vanish in normalization but separate keywords here.
+            keywords = [
+                keyword
+                for part in text.split()
+                for keyword in _NON_CONTENT_RE.split(normalize_text(part))
+                if keyword
+            ]
+            return self._match_keywords(keywords, thresholds)
+        features = _bigram_features(normalized)
+        scores = self._score(normalized, features, min(thresholds.suggest, thresholds.answer))
+        claims = self._claims
+        # Ties go to the claim with more matched content (the more specific one), then the
+        # earlier-added one.
+        ordered = sorted(
+            scores.items(), key=lambda item: (-item[1][0], -item[1][1], claims[item[0]].order)
+        )
+        ranked = [(cid, score) for cid, (score, _) in ordered]
         if not ranked:
             return MatchResult("unknown", ())
         best_id, best_score = ranked[0]
@@ -370,7 +468,8 @@ class RumorIndex:
             for cid, score in ranked[: thresholds.max_suggestions]
             if score >= thresholds.suggest
         )
-        if best_score >= thresholds.answer and evidence[best_id] >= MIN_ANSWER_BIGRAMS:
+        evidence = sum(feature in features for feature in claims[best_id].bigrams)
+        if best_score >= thresholds.answer and evidence >= MIN_ANSWER_BIGRAMS:
             others = tuple(c for c in suggested if c.claim_id != best_id)
             return MatchResult("answer", (Candidate(best_id, best_score), *others))
         if suggested:
@@ -386,88 +485,131 @@ class RumorIndex:
         count = len(self._claims)
         self._bigrams.reweigh(count)
         self._words.reweigh(count)
+        self._context.reweigh(count)
         bigram_weights, word_weights = self._bigrams.weights, self._words.weights
-        self._bigram_totals = {
-            cid: sum(bigram_weights[t] for t in entry.bigrams)
+        context_weights = self._context.weights
+        self._totals = {
+            cid: (
+                math.fsum(bigram_weights[t] for t in entry.bigrams),
+                math.fsum(word_weights[t] for t in entry.words),
+                math.fsum(context_weights[t] for t in entry.context),
+            )
             for cid, entry in self._claims.items()
-        }
-        self._word_totals = {
-            cid: sum(word_weights[t] for t in entry.words) for cid, entry in self._claims.items()
         }
         self._stale = False
 
-    def _find_words(self, normalized: str) -> set[str]:
+    def _find_words(self, normalized: str) -> dict[str, None]:
         """Indexed claim words that occur as substrings of the message."""
-        found: set[str] = set()
+        found: dict[str, None] = {}  # ordered, like _bigram_features
         postings, prefixes, longest = self._words.claims, self._word_prefixes, self._max_word_len
         for run in _RUN_RE.findall(normalized):
             if run.isascii():
                 if run in postings:
-                    found.add(run)
+                    found[run] = None
                 continue
             size = len(run)
             for start in range(size):
                 for end in range(start + 1, min(size, start + longest) + 1):
                     piece = run[start:end]
                     if piece in postings:
-                        found.add(piece)
+                        found[piece] = None
                     if piece not in prefixes:
                         break
         return found
 
-    def _score(self, normalized: str) -> tuple[dict[ClaimId, float], dict[ClaimId, int]]:
-        """Claim coverage of each claim sharing a term with the message, and its bigram count."""
+    def _score(
+        self, normalized: str, features: dict[str, None], floor: float
+    ) -> dict[ClaimId, tuple[float, float]]:
+        """Chance-corrected claim coverage of the claims scoring ``floor`` or more.
+
+        Each score comes with the claim's matched bigram weight, to break ties.
+
+        ``features`` are the message's bigram features; the inverted indexes mean that only
+        claims sharing a term with the message are read.
+        """
         bigram_hits: dict[ClaimId, float] = defaultdict(float)
-        evidence: dict[ClaimId, int] = defaultdict(int)
         postings, weights = self._bigrams.claims, self._bigrams.weights
-        for feature in _bigram_features(normalized):
+        for feature in features:
             ids = postings.get(feature)
             if ids:
                 weight = weights[feature]
                 for cid in ids:
                     bigram_hits[cid] += weight
-                    evidence[cid] += 1
         word_hits: dict[ClaimId, float] = defaultdict(float)
         postings, weights = self._words.claims, self._words.weights
         for word in self._find_words(normalized):
             weight = weights[word]
             for cid in postings[word]:
                 word_hits[cid] += weight
-        scores: dict[ClaimId, float] = {}
+        context_hits: dict[ClaimId, float] = defaultdict(float)
+        postings, weights = self._context.claims, self._context.weights
+        for feature in features:
+            ids = postings.get(feature)
+            if ids:
+                weight = weights[feature]
+                for cid in ids:
+                    context_hits[cid] += weight
+        scores: dict[ClaimId, tuple[float, float]] = {}
+        length = len(normalized)
+        totals = self._totals
         for cid in bigram_hits.keys() | word_hits.keys():
-            scores[cid] = self._coverage(cid, bigram_hits.get(cid, 0.0), word_hits.get(cid, 0.0))
-        return scores, evidence
+            bigram_total, word_total, context_total = totals[cid]
+            raw, views = 0.0, 0
+            if bigram_total > 0:
+                raw += bigram_hits.get(cid, 0.0) / bigram_total
+                views += 1
+            if word_total > 0:
+                raw += word_hits.get(cid, 0.0) / word_total
+                views += 1
+            # Correcting for chance only lowers a score; the context adds at most its weight.
+            bound = raw / views if views else 0.0
+            if not views or bound + CONTEXT_WEIGHT * (1 - bound) < floor:
+                continue
+            entry = self._claims[cid]
+            corrected = 0.0
+            for hit, total, terms, view in (
+                (bigram_hits.get(cid, 0.0), bigram_total, entry.bigrams, self._bigrams),
+                (word_hits.get(cid, 0.0), word_total, entry.words, self._words),
+            ):
+                if total > 0:
+                    corrected += _chance_corrected(hit / total, total, terms, view, length)
+            score = min(1.0, corrected / views)
+            if context_total > 0 and cid in context_hits:
+                support = _chance_corrected(
+                    context_hits[cid] / context_total,
+                    context_total,
+                    entry.context,
+                    self._context,
+                    length,
+                )
+                score = 1 - (1 - score) * (1 - CONTEXT_WEIGHT * support)
+            if score < floor:
+                continue
+            scores[cid] = (score, bigram_hits.get(cid, 0.0))
+        return scores
 
-    def _coverage(self, claim_id: ClaimId, bigram_hit: float, word_hit: float) -> float:
-        """Average of the two views' claim coverage (one view when the other is empty)."""
-        parts = []
-        bigram_total = self._bigram_totals[claim_id]
-        if bigram_total > 0:
-            parts.append(bigram_hit / bigram_total)
-        word_total = self._word_totals[claim_id]
-        if word_total > 0:
-            parts.append(word_hit / word_total)
-        return min(1.0, sum(parts) / len(parts)) if parts else 0.0
-
-    def _match_keyword(self, keyword: str, thresholds: Thresholds) -> MatchResult:
-        """Suggest the claims whose text contains ``keyword`` (never a confident answer)."""
-        features = _bigram_features(keyword)
+    def _match_keywords(self, keywords: list[str], thresholds: Thresholds) -> MatchResult:
+        """Suggest the claims whose text contains every keyword (never a confident answer)."""
+        features: dict[str, None] = {}
+        for keyword in keywords:
+            features.update(_bigram_features(keyword))
         candidate_ids: Iterable[ClaimId]
-        if len(keyword) > 1 and features:
+        if features and all(len(keyword) > 1 for keyword in keywords):
             id_sets = [self._bigrams.claims.get(f, set()) for f in features]
             candidate_ids = set.intersection(*id_sets)
-        else:
+        else:  # a lone character is only indexed where it stands alone: read every claim
             candidate_ids = self._claims.keys()
         weights = self._bigrams.weights
         hits = []
         for cid in candidate_ids:
             entry = self._claims[cid]
-            if keyword not in entry.compact:
+            if not all(keyword in entry.compact for keyword in keywords):
                 continue
-            total = self._bigram_totals[cid]
-            covered = sum(weights[f] for f in features if f in entry.bigrams)
+            total = self._totals[cid][0]
+            covered = math.fsum(weights[f] for f in features if f in entry.bigrams)
             hits.append(Candidate(cid, covered / total if total > 0 else 0.0))
         if not hits:
             return MatchResult("unknown", ())
-        hits.sort(key=lambda c: -c.score)
+        # The keywords' share of each claim ranks the focused claims first.
+        hits.sort(key=lambda c: (-c.score, self._claims[c.claim_id].order))
         return MatchResult("suggest", tuple(hits[: thresholds.max_suggestions]))

@@ -21,6 +21,7 @@ class Route:
     keywords: frozenset[str] = frozenset()
     prefixes: tuple[str, ...] = ()
     events: frozenset[str] = frozenset()
+    event_keys: frozenset[str] = frozenset()
     roles: frozenset[str] = frozenset()
     registered: bool | None = True
     chats: frozenset[str] = frozenset({"direct"})
@@ -37,6 +38,8 @@ class Route:
         if self.roles and not (ctx.person and ctx.person.has_role(*self.roles)):
             return False
         if self.events and (inbound.event or "") not in self.events:
+            return False
+        if self.event_keys and (inbound.event_key or "") not in self.event_keys:
             return False
         text = ctx.text
         if self.keywords or self.prefixes:
@@ -78,13 +81,20 @@ class Router:
         return register
 
     def event(
-        self, *events: str, registered: bool | None = None, chats: Iterable[str] = ("direct",)
+        self,
+        *events: str,
+        keys: Iterable[str] = (),
+        registered: bool | None = None,
+        chats: Iterable[str] = ("direct",),
     ) -> Callable[[Handler], Handler]:
+        """Route events by name; ``keys`` narrows to these event keys (a menu item's EventKey)."""
+
         def register(handler: Handler) -> Handler:
             self.routes.append(
                 Route(
                     handler,
                     events=frozenset(events),
+                    event_keys=frozenset(keys),
                     registered=registered,
                     chats=frozenset(chats),
                     kinds=frozenset({"event"}),

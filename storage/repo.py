@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import (
@@ -83,6 +83,13 @@ class PersonInfo:
         return self.has_role(Role.WARDEN, Role.DOCTOR, Role.ADMIN, Role.VOLUNTEER)
 
 
+def new_id(result: Any) -> int:
+    """The primary key an INSERT just made."""
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
 def _region(row: Any) -> RegionInfo:
     return RegionInfo(row.id, row.code, row.name, row.level, row.parent_id, row.path)
 
@@ -127,7 +134,7 @@ async def create_region(
             settings={},
         )
     )
-    region_id = result.inserted_primary_key[0]
+    region_id = new_id(result)
     path = f"{parent.path if parent else '/'}{region_id}/"
     await conn.execute(update(regions).where(regions.c.id == region_id).values(path=path))
     return RegionInfo(region_id, code, name, level, parent.id if parent else None, path)
@@ -247,7 +254,7 @@ async def create_person(
             created_at=utcnow(),
         )
     )
-    return int(result.inserted_primary_key[0])
+    return new_id(result)
 
 
 async def grant_role(conn: AsyncConnection, person_id: int, role: str, region_id: int) -> None:
@@ -309,7 +316,7 @@ async def find_or_create_household(
     result = await conn.execute(
         insert(households).values(region_id=region_id, building=building, door=door)
     )
-    return int(result.inserted_primary_key[0])
+    return new_id(result)
 
 
 async def household_label(conn: AsyncConnection, household_id: int | None) -> str:
@@ -398,7 +405,7 @@ async def create_group(
             robot_key=robot_key,
         )
     )
-    return int(result.inserted_primary_key[0])
+    return new_id(result)
 
 
 # -- conversations -------------------------------------------------------------------------
@@ -482,8 +489,3 @@ async def record_audit(
             detail=detail or {},
         )
     )
-
-
-def people_in_scope_clause(scope_paths: list[str]) -> Any:
-    """A WHERE clause: the person's home region lies under one of ``scope_paths``."""
-    return or_(*[regions.c.path.startswith(p) for p in scope_paths]) if scope_paths else and_(False)

@@ -7,6 +7,8 @@ from datetime import timedelta
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.checkin import purge_checkin
+from storage.rumors import purge_rumors
 from storage.models import (
     InboundMessage,
     OutboxMessage,
@@ -42,4 +44,6 @@ async def purge_expired(conn: AsyncConnection, *, older_than: timedelta) -> dict
         ).rowcount,
         "sim_messages": (await conn.execute(delete(sim).where(sim.c.at < cutoff))).rowcount,
     }
+    counts.update(await purge_checkin(conn, cutoff=cutoff))
+    counts.update(await purge_rumors(conn, cutoff=cutoff))
     return {k: int(v or 0) for k, v in counts.items()}

@@ -8,12 +8,13 @@ which the page polls, so pushes (notices, reminders, alerts) show up like in a r
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from typing import Any
 
 from aiohttp import web
 from jinja2 import Environment
-from sqlalchemy import insert, select
+from sqlalchemy import and_, insert, or_, select
 
 from bot.channels.base import SendResult
 from bot.config import SimulatorConfig
@@ -26,6 +27,11 @@ from storage.outbox import ClaimedMessage
 
 CHANNEL = "sim"
 MAX_TEXT = 10_000
+# Addresses, chats and message ids end up in bounded columns (identities, inbound log).
+ADDRESS = re.compile(r"^sim-[A-Za-z0-9_-]{1,100}$")
+CHAT = re.compile(r"^grid-\S{1,100}$")
+MAX_ID = 100
+MAX_NAME = 64
 sim_messages = SimMessage.__table__
 identities = Identity.__table__
 
@@ -104,7 +110,8 @@ class SimulatorChannel:
             }
             for r in rows
         ]
-        result.sort(key=lambda p: (not p["roles"], p["id"]))
+        # Everyone here has a role (residents too): staff first, then residents grouped by grid.
+        result.sort(key=_staff_first)
         return web.json_response({"people": result}, dumps=_dumps)
 
     async def newcomer(self, request: web.Request) -> web.Response:
@@ -119,21 +126,28 @@ class SimulatorChannel:
         if not isinstance(data, dict):
             return _bad("body must be a JSON object")
         address, text, chat = data.get("address"), data.get("text"), data.get("chat")
-        if not isinstance(address, str) or not address.startswith("sim-"):
+        if not isinstance(address, str) or not ADDRESS.match(address):
             return _bad("address must be a simulator address (sim-...)")
         if not isinstance(text, str) or not text.strip():
             return _bad("text must be a non-empty string")
         if len(text) > MAX_TEXT:
             return _bad(f"text is longer than {MAX_TEXT} characters")
-        if chat is not None and not isinstance(chat, str):
-            return _bad("chat must be a group address or null")
+        if chat is not None and not (isinstance(chat, str) and (not chat or CHAT.match(chat))):
+            return _bad("chat must be a group address (grid-...) or null")
+        message_id, name = data.get("message_id"), data.get("name", "")
+        if message_id is not None and not (
+            isinstance(message_id, str) and len(message_id) <= MAX_ID
+        ):
+            return _bad(f"message_id must be a string of at most {MAX_ID} characters")
+        if not isinstance(name, str) or len(name) > MAX_NAME:
+            return _bad(f"name must be a string of at most {MAX_NAME} characters")
         inbound = Inbound(
             channel=CHANNEL,
             sender_id=address,
-            sender_name=str(data.get("name", "")),
+            sender_name=name,
             chat_id=chat or None,
             text=text,
-            dedupe_key=str(data.get("message_id") or secrets.token_hex(8)),
+            dedupe_key=message_id or secrets.token_hex(8),
             timestamp=int(utcnow().timestamp()),
         )
         replies = await self.dispatcher.handle(inbound)
@@ -169,21 +183,25 @@ class SimulatorChannel:
         address = request.query.get("address", "")
         group = request.query.get("group", "")
         after = request.query.get("after", "0")
-        if not address.startswith("sim-") or not after.isdigit():
-            return _bad("address (sim-...) and a numeric after are required")
+        if (
+            not ADDRESS.match(address)
+            or (group and not CHAT.match(group))
+            or not (after.isascii() and after.isdigit() and len(after) <= 18)
+        ):
+            return _bad("address (sim-...), an optional group (grid-...) and a numeric after")
         targets = [("user", address)] + ([("chat", group)] if group else [])
+        # No NUL placeholder for "no group": PostgreSQL refuses NUL in text parameters.
+        wanted = or_(
+            *[
+                and_(sim_messages.c.target_kind == kind, sim_messages.c.target == target)
+                for kind, target in targets
+            ]
+        )
         async with self.db.read() as conn:
             rows = await conn.execute(
                 select(sim_messages)
                 .where(sim_messages.c.id > int(after))
-                .where(
-                    (sim_messages.c.target_kind == targets[0][0])
-                    & (sim_messages.c.target == targets[0][1])
-                    | (
-                        (sim_messages.c.target_kind == "chat")
-                        & (sim_messages.c.target == (group or "\x00"))
-                    )
-                )
+                .where(wanted)
                 .order_by(sim_messages.c.id)
                 .limit(200)
             )
@@ -218,6 +236,11 @@ class SimulatorChannel:
                 )
             )
         return SendResult.sent()
+
+
+def _staff_first(person: dict[str, Any]) -> tuple[bool, str, int]:
+    staff = bool(set(person["roles"]) - {"resident"})
+    return (not staff, "" if staff else person["grid"] or "", person["id"])
 
 
 def _dumps(obj: Any) -> str:

@@ -1,0 +1,132 @@
+"""Tables of residents' requests (诉求): the requests, their timeline, and the daily numbering.
+
+A request keeps copies of its region's ancestors (community, street, district, city) so that
+"everything under this street" is one indexed equality, and two clocks:
+
+* ``sla_due_at``: the deadline the request is measured against now (accept while pending,
+  resolve while accepted; ``NULL`` once resolved).  Past it, the request is overdue and shows
+  in supervision lists.
+* ``escalate_at``: when the deadline sweep next moves it one level up (``NULL`` when there is
+  nothing left to escalate).  The sweep's conditional UPDATE on this column and ``level`` is
+  what makes escalating twice impossible.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from storage.models import Base, BigId, utcnow
+
+
+class RequestStatus(enum.StrEnum):
+    PENDING = "pending"  # 待受理
+    ACCEPTED = "accepted"  # 办理中
+    RESOLVED = "resolved"  # 已办结，待居民确认
+    CLOSED = "closed"  # 已关闭
+
+
+OPEN_STATUSES = (RequestStatus.PENDING, RequestStatus.ACCEPTED)
+
+
+class VolunteerStatus(enum.StrEnum):
+    HANDED = "handed"  # 已派给志愿者，待接单
+    ACCEPTED = "accepted"  # 志愿者已接单
+    DELIVERED = "delivered"  # 志愿者已送达
+    RECEIVED = "received"  # 居民已确认收到
+
+
+class ResidentRequest(Base):
+    __tablename__ = "requests"
+    # Every index is written on each escalation (a non-HOT update), so there are few: a grid's
+    # list goes through its community's index; a city's is a scan of the city's open requests.
+    __table_args__ = (
+        Index("ix_requests_community_sla", "community_id", "sla_due_at"),
+        Index("ix_requests_street_sla", "street_id", "sla_due_at"),
+        Index("ix_requests_district_sla", "district_id", "sla_due_at"),
+        Index(
+            "ix_requests_escalate_at",
+            "escalate_at",
+            postgresql_where=text("escalate_at IS NOT NULL"),
+            sqlite_where=text("escalate_at IS NOT NULL"),
+        ),
+        Index("ix_requests_handler", "handler_id", "status"),
+        Index(
+            "ix_requests_volunteer",
+            "volunteer_id",
+            "volunteer_status",
+            postgresql_where=text("volunteer_id IS NOT NULL"),
+            sqlite_where=text("volunteer_id IS NOT NULL"),
+        ),
+        Index("ix_requests_resident", "resident_id", "id"),
+        Index(
+            "ix_requests_resolved",
+            "resolved_at",
+            postgresql_where=text("status = 'resolved'"),
+            sqlite_where=text("status = 'resolved'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    number: Mapped[str] = mapped_column(String(32), unique=True)
+    resident_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    region_id: Mapped[int] = mapped_column(ForeignKey("regions.id"))
+    community_id: Mapped[int | None] = mapped_column(BigId)
+    street_id: Mapped[int | None] = mapped_column(BigId)
+    district_id: Mapped[int | None] = mapped_column(BigId)
+    city_id: Mapped[int | None] = mapped_column(BigId)
+    category: Mapped[str] = mapped_column(String(16))
+    urgency: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(Text)
+    items: Mapped[str | None] = mapped_column(String(200))
+    quantity: Mapped[str | None] = mapped_column(String(100))
+    attachments: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    channel: Mapped[str] = mapped_column(String(32), default="")
+    status: Mapped[str] = mapped_column(String(16), default=RequestStatus.PENDING)
+    level: Mapped[str] = mapped_column(String(16))
+    handler_id: Mapped[int | None] = mapped_column(BigId)
+    volunteer_id: Mapped[int | None] = mapped_column(BigId)
+    volunteer_status: Mapped[str | None] = mapped_column(String(16))
+    accept_due_at: Mapped[datetime]
+    resolve_due_at: Mapped[datetime]
+    sla_due_at: Mapped[datetime | None]
+    escalate_at: Mapped[datetime | None]
+    escalations: Mapped[int] = mapped_column(Integer, default=0)
+    reopen_count: Mapped[int] = mapped_column(Integer, default=0)
+    reply: Mapped[str | None] = mapped_column(Text)
+    satisfied: Mapped[bool | None] = mapped_column(Boolean)
+    rating: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    accepted_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+
+
+class RequestEvent(Base):
+    """One step of a request's timeline: who did what, when, and to whom it went."""
+
+    __tablename__ = "request_events"
+    __table_args__ = (Index("ix_request_events_request", "request_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    actor_id: Mapped[int | None] = mapped_column(BigId)
+    person_id: Mapped[int | None] = mapped_column(BigId)
+    level: Mapped[str | None] = mapped_column(String(16))
+    text: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RequestCounter(Base):
+    """The last request number given out on a local day (numbers restart every day)."""
+
+    __tablename__ = "request_counters"
+
+    day: Mapped[str] = mapped_column(String(8), primary_key=True)
+    last: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,559 @@
+"""Repository of rumor clarification: knowledge base, questions, review items, deliveries.
+
+Every function takes an open connection (the caller decides the transaction).  Statements that
+differ between SQLite and PostgreSQL (``ON CONFLICT``) come from :class:`storage.db.Database`.
+Bulk work (notifying everyone who asked, correcting everyone who received a version) reads one
+page of person ids at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, delete, exists, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.db import Database
+from storage.models import Identity, OutboxMessage, Person, Region
+from storage.outbox import Target
+from storage.rumor_models import (
+    Clarification,
+    ClarificationHistory,
+    ClarificationStatus,
+    Delivery,
+    Push,
+    Question,
+    ReviewItem,
+    ReviewStatus,
+    RumorKbState,
+)
+
+
+def _table(model: Any) -> Table:
+    return cast(Table, model.__table__)
+
+
+clarifications = _table(Clarification)
+history = _table(ClarificationHistory)
+questions = _table(Question)
+items = _table(ReviewItem)
+deliveries = _table(Delivery)
+pushes = _table(Push)
+kb_state = _table(RumorKbState)
+people = _table(Person)
+regions = _table(Region)
+identities = _table(Identity)
+outbox = _table(OutboxMessage)
+
+KB_STATE_ID = 1
+CONTENT_FIELDS = (
+    "claim",
+    "verdict",
+    "explanation",
+    "source_name",
+    "source_url",
+    "region_id",
+    "expires_at",
+)
+"""What an edit can change, and what a history row keeps."""
+
+
+async def _insert(conn: AsyncConnection, table: Table, **values: Any) -> int:
+    """Insert one row; its new id."""
+    result = await conn.execute(table.insert().values(**values).returning(table.c.id))
+    return int(result.scalar_one())
+
+
+# -- knowledge-base generation ---------------------------------------------------------------
+
+
+async def read_generation(conn: AsyncConnection) -> int:
+    """The knowledge base's generation (0 before any change): one primary-key read."""
+    value = (
+        await conn.execute(select(kb_state.c.generation).where(kb_state.c.id == KB_STATE_ID))
+    ).scalar()
+    return int(value or 0)
+
+
+async def bump_generation(conn: AsyncConnection, db: Database) -> int:
+    """Increment the generation (taking its row lock until commit) and return the new value."""
+    await conn.execute(db.insert_ignore(kb_state).values(id=KB_STATE_ID, generation=0))
+    result = await conn.execute(
+        update(kb_state)
+        .where(kb_state.c.id == KB_STATE_ID)
+        .values(generation=kb_state.c.generation + 1)
+        .returning(kb_state.c.generation)
+    )
+    return int(result.scalar_one())
+
+
+# -- clarifications --------------------------------------------------------------------------
+
+
+async def insert_clarification(conn: AsyncConnection, db: Database, **values: Any) -> int:
+    generation = await bump_generation(conn, db)
+    return await _insert(conn, clarifications, kb_generation=generation, **values)
+
+
+async def get_clarification(
+    conn: AsyncConnection, clarification_id: int, *, for_update: bool = False
+) -> Any | None:
+    query = select(clarifications).where(clarifications.c.id == clarification_id)
+    if for_update and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return (await conn.execute(query)).first()
+
+
+async def update_clarification(
+    conn: AsyncConnection, db: Database, clarification_id: int, **values: Any
+) -> None:
+    generation = await bump_generation(conn, db)
+    await conn.execute(
+        update(clarifications)
+        .where(clarifications.c.id == clarification_id)
+        .values(kb_generation=generation, **values)
+    )
+
+
+async def add_history(
+    conn: AsyncConnection, row: Any, *, edited_by: int, replaced_at: datetime
+) -> None:
+    """Keep the content ``row`` has now (its version) before an edit replaces it."""
+    await conn.execute(
+        history.insert().values(
+            clarification_id=row.id,
+            version=row.version,
+            status=row.status,
+            edited_by=edited_by,
+            replaced_at=replaced_at,
+            **{name: getattr(row, name) for name in CONTENT_FIELDS},
+        )
+    )
+
+
+async def list_history(conn: AsyncConnection, clarification_id: int) -> list[Any]:
+    return list(
+        await conn.execute(
+            select(history)
+            .where(history.c.clarification_id == clarification_id)
+            .order_by(history.c.version.desc())
+        )
+    )
+
+
+def ancestor_paths(path: str) -> list[str]:
+    """``"/1/4/9/"`` -> ``["/1/", "/1/4/", "/1/4/9/"]``: the paths of a region and those above."""
+    parts = [part for part in path.strip("/").split("/") if part]
+    return ["/" + "".join(f"{part}/" for part in parts[: i + 1]) for i in range(len(parts))]
+
+
+def visible_clause(paths: Sequence[str]) -> Any:
+    """Clarifications for everyone, or scoped to a region above, at or below one of ``paths``."""
+    above = sorted({a for p in paths for a in ancestor_paths(p)})
+    return or_(
+        clarifications.c.scope_path.is_(None),
+        clarifications.c.scope_path.in_(above),
+        *[clarifications.c.scope_path.startswith(p) for p in paths],
+    )
+
+
+async def list_clarifications(
+    conn: AsyncConnection,
+    *,
+    paths: Sequence[str],
+    status: str | None,
+    limit: int,
+    before: int | None,
+) -> list[Any]:
+    query = select(clarifications).where(visible_clause(paths))
+    if status is not None:
+        query = query.where(clarifications.c.status == status)
+    if before is not None:
+        query = query.where(clarifications.c.id < before)
+    return list(await conn.execute(query.order_by(clarifications.c.id.desc()).limit(limit)))
+
+
+async def published(conn: AsyncConnection) -> list[Any]:
+    """Every published clarification (to build a match index from)."""
+    return list(
+        await conn.execute(
+            select(clarifications)
+            .where(clarifications.c.status == ClarificationStatus.PUBLISHED)
+            .order_by(clarifications.c.id)
+        )
+    )
+
+
+async def changed_since(conn: AsyncConnection, generation: int) -> list[Any]:
+    """Clarifications changed after knowledge-base generation ``generation``."""
+    return list(
+        await conn.execute(
+            select(clarifications)
+            .where(clarifications.c.kb_generation > generation)
+            .order_by(clarifications.c.kb_generation)
+        )
+    )
+
+
+# -- questions and review items --------------------------------------------------------------
+
+
+async def insert_question(conn: AsyncConnection, **values: Any) -> int:
+    return await _insert(conn, questions, **values)
+
+
+async def get_question(conn: AsyncConnection, question_id: int) -> Any | None:
+    return (await conn.execute(select(questions).where(questions.c.id == question_id))).first()
+
+
+async def update_question(conn: AsyncConnection, question_id: int, **values: Any) -> None:
+    await conn.execute(update(questions).where(questions.c.id == question_id).values(**values))
+
+
+async def recent_pending_items(conn: AsyncConnection, *, since: datetime, limit: int) -> list[Any]:
+    """Pending review items last asked about since ``since``, most recent first."""
+    return list(
+        await conn.execute(
+            select(items.c.id, items.c.text)
+            .where(items.c.status == ReviewStatus.PENDING, items.c.last_asked_at >= since)
+            .order_by(items.c.last_asked_at.desc(), items.c.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+async def insert_item(conn: AsyncConnection, *, text: str, sample: str, now: datetime) -> int:
+    return await _insert(
+        conn,
+        items,
+        text=text,
+        sample=sample,
+        ask_count=1,
+        asker_count=1,
+        first_asked_at=now,
+        last_asked_at=now,
+        status=ReviewStatus.PENDING,
+    )
+
+
+async def count_into_item(
+    conn: AsyncConnection, item_id: int, *, person_id: int, now: datetime
+) -> None:
+    """One more question in the item (call before the question row is written)."""
+    asked_before = (
+        await conn.execute(
+            select(
+                exists().where(
+                    questions.c.review_item_id == item_id, questions.c.person_id == person_id
+                )
+            )
+        )
+    ).scalar()
+    await conn.execute(
+        update(items)
+        .where(items.c.id == item_id)
+        .values(
+            ask_count=items.c.ask_count + 1,
+            asker_count=items.c.asker_count + (0 if asked_before else 1),
+            last_asked_at=now,
+        )
+    )
+
+
+def _asked_in(paths: Sequence[str]) -> Any:
+    """Some question of the item was asked by a person living under one of ``paths``."""
+    asker_regions = select(regions.c.id).where(or_(*[regions.c.path.startswith(p) for p in paths]))
+    return exists().where(
+        questions.c.review_item_id == items.c.id, questions.c.region_id.in_(asker_regions)
+    )
+
+
+async def list_items(
+    conn: AsyncConnection, *, paths: Sequence[str], status: str, limit: int, offset: int
+) -> list[Any]:
+    """Review items asked about in ``paths``: most askers first, then most questions."""
+    return list(
+        await conn.execute(
+            select(items)
+            .where(items.c.status == status, _asked_in(paths))
+            .order_by(
+                items.c.asker_count.desc(),
+                items.c.ask_count.desc(),
+                items.c.last_asked_at.desc(),
+                items.c.id,
+            )
+            .limit(limit)
+            .offset(offset)
+        )
+    )
+
+
+async def get_item(conn: AsyncConnection, item_id: int) -> Any | None:
+    return (await conn.execute(select(items).where(items.c.id == item_id))).first()
+
+
+async def item_in_scope(conn: AsyncConnection, item_id: int, paths: Sequence[str]) -> bool:
+    if not paths:
+        return False
+    found = await conn.execute(select(items.c.id).where(items.c.id == item_id, _asked_in(paths)))
+    return found.first() is not None
+
+
+async def resolve_item(
+    conn: AsyncConnection,
+    item_id: int,
+    *,
+    status: str,
+    clarification_id: int | None,
+    by: int,
+    now: datetime,
+) -> bool:
+    """Move a pending item to ``status``; False when it was not pending any more."""
+    result = await conn.execute(
+        update(items)
+        .where(items.c.id == item_id, items.c.status == ReviewStatus.PENDING)
+        .values(status=status, clarification_id=clarification_id, resolved_by=by, resolved_at=now)
+    )
+    return bool(result.rowcount)
+
+
+# -- deliveries ------------------------------------------------------------------------------
+
+
+async def record_delivery(
+    conn: AsyncConnection,
+    db: Database,
+    *,
+    clarification_id: int,
+    person_ids: Sequence[int],
+    version: int,
+    kind: str,
+    now: datetime,
+) -> None:
+    """Note that these people have received ``version`` (insert, or raise their version)."""
+    if not person_ids:
+        return
+    stmt = db.upsert(deliveries, ["clarification_id", "person_id"], ["version", "kind", "last_at"])
+    await conn.execute(
+        stmt,
+        [
+            {
+                "clarification_id": clarification_id,
+                "person_id": pid,
+                "version": version,
+                "kind": kind,
+                "first_at": now,
+                "last_at": now,
+            }
+            for pid in person_ids
+        ],
+    )
+
+
+async def askers_to_notify(
+    conn: AsyncConnection,
+    clarification_id: int,
+    *,
+    scope_path: str | None,
+    after: int,
+    limit: int,
+) -> list[int]:
+    """People who asked about a claim attached to the clarification and have not received it.
+
+    Only people living under ``scope_path`` when the clarification is scoped; one page of ids
+    above ``after``, ascending.
+    """
+    attached = select(items.c.id).where(
+        items.c.clarification_id == clarification_id, items.c.status == ReviewStatus.ATTACHED
+    )
+    received = exists().where(
+        deliveries.c.clarification_id == clarification_id,
+        deliveries.c.person_id == questions.c.person_id,
+    )
+    query = (
+        select(questions.c.person_id)
+        .where(
+            questions.c.review_item_id.in_(attached),
+            questions.c.person_id > after,
+            ~received,
+        )
+        .group_by(questions.c.person_id)
+        .order_by(questions.c.person_id)
+        .limit(limit)
+    )
+    if scope_path is not None:
+        living_there = select(people.c.id).join(regions, regions.c.id == people.c.region_id)
+        query = query.where(
+            questions.c.person_id.in_(living_there.where(regions.c.path.startswith(scope_path)))
+        )
+    return [row.person_id for row in await conn.execute(query)]
+
+
+async def earlier_recipients(
+    conn: AsyncConnection, clarification_id: int, *, version: int, after: int, limit: int
+) -> list[int]:
+    """People who received a version of the clarification older than ``version`` (one page)."""
+    rows = await conn.execute(
+        select(deliveries.c.person_id)
+        .where(
+            deliveries.c.clarification_id == clarification_id,
+            deliveries.c.version < version,
+            deliveries.c.person_id > after,
+        )
+        .order_by(deliveries.c.person_id)
+        .limit(limit)
+    )
+    return [row.person_id for row in rows]
+
+
+async def current_targets(conn: AsyncConnection, person_ids: Sequence[int]) -> dict[int, Target]:
+    """The channel account each person was last seen on (as ``outbox.person_target`` picks it),
+    for one page of people in one query; opted-out and unreachable people are left out."""
+    if not person_ids:
+        return {}
+    rows = await conn.execute(
+        select(
+            identities.c.person_id,
+            identities.c.channel,
+            identities.c.external_id,
+            identities.c.last_seen_at,
+            identities.c.id,
+        )
+        .join(people, people.c.id == identities.c.person_id)
+        .where(identities.c.person_id.in_(list(person_ids)), people.c.opted_out.is_(False))
+    )
+    best: dict[int, tuple[Any, Any]] = {}
+    for row in rows:
+        rank = (row.last_seen_at is not None, row.last_seen_at or datetime.min, row.id)
+        current = best.get(row.person_id)
+        if current is None or rank > current[0]:
+            best[row.person_id] = (rank, row)
+    return {pid: Target(row.channel, "user", row.external_id) for pid, (_, row) in best.items()}
+
+
+# -- pushes ----------------------------------------------------------------------------------
+
+
+async def insert_push(conn: AsyncConnection, **values: Any) -> int:
+    return await _insert(conn, pushes, **values)
+
+
+async def pushes_before(conn: AsyncConnection, clarification_id: int, version: int) -> list[Any]:
+    """Pushes of versions older than ``version``, oldest first."""
+    return list(
+        await conn.execute(
+            select(pushes)
+            .where(pushes.c.clarification_id == clarification_id, pushes.c.version < version)
+            .order_by(pushes.c.id)
+        )
+    )
+
+
+async def list_pushes(conn: AsyncConnection, clarification_id: int) -> list[Any]:
+    return list(
+        await conn.execute(
+            select(pushes)
+            .where(pushes.c.clarification_id == clarification_id)
+            .order_by(pushes.c.id)
+        )
+    )
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AskedCount:
+    """Questions about one claim from one region in a period."""
+
+    clarification_id: int | None
+    item_id: int | None
+    region_path: str
+    asks: int
+    people: int
+
+
+async def asked_counts(
+    conn: AsyncConnection, *, paths: Sequence[str], since: datetime, until: datetime
+) -> list[AskedCount]:
+    """Questions asked from under ``paths`` in ``[since, until)``, per claim and asker region.
+
+    A claim is the clarification a question was answered with (directly, by choice, or through
+    its review item once attached), else its review item.  Questions only shown suggestions are
+    not counted.
+    """
+    item = items.alias("item")
+    claim_id = func.coalesce(questions.c.clarification_id, item.c.clarification_id)
+    rows = await conn.execute(
+        select(
+            claim_id.label("clarification_id"),
+            questions.c.review_item_id,
+            regions.c.path,
+            func.count().label("asks"),
+            func.count(func.distinct(questions.c.person_id)).label("people"),
+        )
+        .select_from(
+            questions.outerjoin(item, item.c.id == questions.c.review_item_id).join(
+                regions, regions.c.id == questions.c.region_id
+            )
+        )
+        .where(
+            questions.c.asked_at >= since,
+            questions.c.asked_at < until,
+            or_(*[regions.c.path.startswith(p) for p in paths]),
+            or_(questions.c.clarification_id.isnot(None), questions.c.review_item_id.isnot(None)),
+        )
+        .group_by(claim_id, questions.c.review_item_id, regions.c.path)
+    )
+    result = []
+    for row in rows:
+        answered = row.clarification_id is not None
+        result.append(
+            AskedCount(
+                clarification_id=row.clarification_id if answered else None,
+                item_id=None if answered else row.review_item_id,
+                region_path=row.path,
+                asks=int(row.asks),
+                people=int(row.people),
+            )
+        )
+    return result
+
+
+async def clarification_heads(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, Any]:
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(
+            clarifications.c.id,
+            clarifications.c.claim,
+            clarifications.c.verdict,
+            clarifications.c.status,
+        ).where(clarifications.c.id.in_(list(ids)))
+    )
+    return {row.id: row for row in rows}
+
+
+async def item_heads(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, Any]:
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(items.c.id, items.c.sample, items.c.status).where(items.c.id.in_(list(ids)))
+    )
+    return {row.id: row for row in rows}
+
+
+# -- retention -------------------------------------------------------------------------------
+
+
+async def purge_rumors(conn: AsyncConnection, *, cutoff: datetime) -> dict[str, int]:
+    """Delete residents' questions (their texts are personal data) asked before ``cutoff``.
+
+    Review items keep their counts and sample; deliveries keep who received which version,
+    without any text, so that corrections still reach them.
+    """
+    result = await conn.execute(delete(questions).where(questions.c.asked_at < cutoff))
+    return {"rumor_questions": int(result.rowcount or 0)}

@@ -1,0 +1,270 @@
+"""Rumor checks in chat through the real app, on SQLite and PostgreSQL: the three outcomes,
+the numbered reply, grouping of unanswered questions, scope, withdrawal and bad input."""
+
+from __future__ import annotations
+
+import pytest
+from rumors_support import (
+    GARGLE,
+    GARLIC,
+    LIQUOR,
+    LOCKER,
+    OTHER_UNKNOWN_POST,
+    SUPERMARKET,
+    SUPERMARKET_POST,
+    UNKNOWN_POST,
+    admin_token,
+    call,
+    count,
+    deliveries,
+    items,
+    ok,
+    publish,
+    questions,
+    residents_in,
+    rows,
+    say,
+)
+
+from storage.rumor_models import QuestionOutcome
+
+ALL = (LIQUOR, LOCKER, SUPERMARKET, GARGLE, GARLIC)
+
+
+async def knowledge_base(client, token, *bodies, region="D01") -> dict[str, int]:
+    """Publish clarifications for the demo district; their ids by claim."""
+    ids = {}
+    for body in bodies or ALL:
+        published = await publish(client, token, {**body, "region": region})
+        ids[body["claim"]] = published["id"]
+    return ids
+
+
+async def test_forwarded_post_is_answered_with_verdict_explanation_and_source(
+    make_config, start_app, demo, db
+):
+    client, _ = await start_app(make_config())
+    ids = await knowledge_base(client, await admin_token(db, demo))
+    resident = demo.resident_ids[0]
+
+    reply = await say(client, resident, "这是真的吗？" + SUPERMARKET_POST)
+
+    assert "谣言" in reply
+    assert SUPERMARKET["claim"] in reply
+    assert SUPERMARKET["explanation"] in reply
+    assert SUPERMARKET["source_name"] in reply
+    [question] = await rows(db, questions)
+    assert question.outcome == QuestionOutcome.ANSWER
+    assert question.clarification_id == ids[SUPERMARKET["claim"]]
+    assert question.person_id == resident
+    [delivery] = await rows(db, deliveries)
+    assert (delivery.person_id, delivery.version, delivery.kind) == (resident, 1, "answer")
+
+
+async def test_long_message_without_a_command_is_checked_as_a_forward(
+    make_config, start_app, demo, db
+):
+    client, _ = await start_app(make_config())
+    await knowledge_base(client, await admin_token(db, demo))
+
+    reply = await say(client, demo.resident_ids[1], SUPERMARKET_POST)
+
+    assert SUPERMARKET["explanation"] in reply
+    assert await count(db, questions) == 1
+
+
+async def test_short_chat_without_a_command_is_not_a_rumor_check(make_config, start_app, demo, db):
+    client, _ = await start_app(make_config())
+    await knowledge_base(client, await admin_token(db, demo))
+
+    reply = await say(client, demo.resident_ids[1], "超市开门吗")
+
+    assert "核实" not in reply
+    assert await count(db, questions) == 0
+
+
+async def test_question_ending_in_shi_zhen_de_ma_is_checked(make_config, start_app, demo, db):
+    client, _ = await start_app(make_config())
+    await knowledge_base(client, await admin_token(db, demo))
+
+    reply = await say(client, demo.resident_ids[2], "听说明天起全市所有超市停业了，是真的吗？")
+
+    assert SUPERMARKET["explanation"] in reply
+
+
+async def test_partial_match_suggests_and_a_numbered_reply_answers(
+    make_config, start_app, demo, db
+):
+    client, _ = await start_app(make_config())
+    ids = await knowledge_base(client, await admin_token(db, demo))
+    resident = demo.resident_ids[0]
+
+    reply = await say(client, resident, "辟谣 听说喝白酒能防新冠，真的假的")
+
+    assert "您是想问以下哪条？回复序号" in reply
+    assert "1. " + LIQUOR["claim"] in reply
+    [question] = await rows(db, questions)
+    assert question.outcome == QuestionOutcome.SUGGEST
+
+    hint = await say(client, resident, "好的")
+    assert "序号" in hint
+
+    answer = await say(client, resident, "1")
+
+    assert LIQUOR["explanation"] in answer
+    [question] = await rows(db, questions)
+    assert question.outcome == QuestionOutcome.CHOSEN
+    assert question.clarification_id == ids[LIQUOR["claim"]]
+    assert await count(db, deliveries, deliveries.c.person_id == resident) == 1
+    # The conversation is over: a number now means nothing to the rumor desk.
+    assert LIQUOR["explanation"] not in await say(client, resident, "1")
+
+
+async def test_none_of_the_suggestions_queues_the_question_for_review(
+    make_config, start_app, demo, db
+):
+    client, _ = await start_app(make_config())
+    await knowledge_base(client, await admin_token(db, demo))
+    resident = demo.resident_ids[0]
+    await say(client, resident, "辟谣 听说喝白酒能防新冠，真的假的")
+
+    reply = await say(client, resident, "都不是")
+
+    assert "核实后会告诉您" in reply
+    [question] = await rows(db, questions)
+    assert question.outcome == QuestionOutcome.UNKNOWN
+    [item] = await rows(db, items)
+    assert question.review_item_id == item.id
+
+
+async def test_a_new_forward_while_choosing_is_checked_instead(make_config, start_app, demo, db):
+    client, _ = await start_app(make_config())
+    await knowledge_base(client, await admin_token(db, demo))
+    resident = demo.resident_ids[0]
+    await say(client, resident, "辟谣 听说喝白酒能防新冠，真的假的")
+
+    reply = await say(client, resident, SUPERMARKET_POST)
+
+    assert SUPERMARKET["explanation"] in reply
+    assert await count(db, questions) == 2
+
+
+async def test_keyword_query_suggests_claims_containing_it(make_config, start_app, demo, db):
+    client, _ = await start_app(make_config())
+    await knowledge_base(client, await admin_token(db, demo))
+
+    reply = await say(client, demo.resident_ids[0], "辟谣 大蒜")
+
+    assert "1. " + GARLIC["claim"] in reply
+    assert GARLIC["explanation"] not in reply
+
+
+async def test_unknown_claim_is_queued_for_review_and_the_resident_told(
+    make_config, start_app, demo, db
+):
+    client, _ = await start_app(make_config())
+    await knowledge_base(client, await admin_token(db, demo))
+
+    reply = await say(client, demo.resident_ids[0], "这是真的吗 " + UNKNOWN_POST)
+
+    assert "核实后会告诉您" in reply
+    [question] = await rows(db, questions)
+    [item] = await rows(db, items)
+    assert question.outcome == QuestionOutcome.UNKNOWN
+    assert question.review_item_id == item.id
+    assert (item.ask_count, item.asker_count, item.status) == (1, 1, "pending")
+    assert "直升机" in item.sample
+
+
+async def test_near_identical_unknown_questions_are_grouped_with_a_count(
+    make_config, start_app, demo, db
+):
+    client, _ = await start_app(make_config())
+    first, second, third, fourth = demo.resident_ids[:4]
+
+    await say(client, first, "这是真的吗 " + UNKNOWN_POST)
+    # Another wording of the head and tail, with emoji and a comment.
+    await say(client, second, "转发：" + UNKNOWN_POST + "😱😱 真的假的？")
+    # Only the first part of the post.
+    await say(client, third, UNKNOWN_POST[:40])
+    await say(client, first, "辟谣 " + UNKNOWN_POST)  # the same person again
+    await say(client, fourth, "这是真的吗 " + OTHER_UNKNOWN_POST)
+
+    grouped, other = await rows(db, items, order=items.c.id)
+    assert (grouped.ask_count, grouped.asker_count) == (4, 3)
+    assert (other.ask_count, other.asker_count) == (1, 1)
+    by_item = {q.person_id: q.review_item_id for q in await rows(db, questions)}
+    assert by_item == {first: grouped.id, second: grouped.id, third: grouped.id, fourth: other.id}
+
+
+async def test_region_scoped_clarification_answers_only_people_in_it(
+    make_config, start_app, demo, db
+):
+    client, _ = await start_app(make_config())
+    await knowledge_base(client, await admin_token(db, demo), SUPERMARKET, region="S01")
+    [inside] = await residents_in(db, demo, "G0101", 1)
+    [outside] = await residents_in(db, demo, "G0201", 1)
+
+    assert SUPERMARKET["explanation"] in await say(client, inside, SUPERMARKET_POST)
+    reply = await say(client, outside, SUPERMARKET_POST)
+
+    assert SUPERMARKET["explanation"] not in reply
+    assert "核实后会告诉您" in reply
+
+
+async def test_withdrawn_clarification_is_no_longer_answered(make_config, start_app, demo, db):
+    client, _ = await start_app(make_config())
+    token = await admin_token(db, demo)
+    ids = await knowledge_base(client, token, SUPERMARKET)
+    resident = demo.resident_ids[0]
+    assert SUPERMARKET["explanation"] in await say(client, resident, SUPERMARKET_POST)
+
+    cid = ids[SUPERMARKET["claim"]]
+    withdrawn = await ok(await call(client, token, "POST", f"/clarifications/{cid}/withdraw"))
+    assert withdrawn["status"] == "withdrawn"
+
+    reply = await say(client, resident, SUPERMARKET_POST)
+    assert SUPERMARKET["explanation"] not in reply
+    assert "核实后会告诉您" in reply
+
+
+async def test_two_processes_answer_alike_after_a_change(make_config, start_app, demo, db):
+    """Publishing and withdrawing through one app is seen by another app on the same database
+    (the match index is only a cache, refreshed by the knowledge base's generation)."""
+    config = make_config()
+    admin_side, _ = await start_app(config)
+    resident_side, _ = await start_app(config)
+    token = await admin_token(db, demo)
+    resident = demo.resident_ids[0]
+    assert "核实后会告诉您" in await say(resident_side, resident, SUPERMARKET_POST)
+
+    ids = await knowledge_base(admin_side, token, SUPERMARKET)
+    assert SUPERMARKET["explanation"] in await say(resident_side, resident, SUPERMARKET_POST)
+
+    cid = ids[SUPERMARKET["claim"]]
+    await ok(await call(admin_side, token, "POST", f"/clarifications/{cid}/withdraw"))
+    assert SUPERMARKET["explanation"] not in await say(resident_side, resident, SUPERMARKET_POST)
+
+
+@pytest.mark.parametrize("text", ["这是真的吗", "是真的吗？？", "辟谣：", "真的假的!!"])
+async def test_command_without_text_asks_for_it(make_config, start_app, demo, db, text):
+    client, _ = await start_app(make_config())
+
+    reply = await say(client, demo.resident_ids[0], text)
+
+    assert "请把您想核实的消息内容" in reply
+    assert await count(db, questions) == 0
+    assert await count(db, items) == 0
+
+
+@pytest.mark.parametrize("text", ["这是真的吗 😷😷👍🏻❤️", "辟谣 [哭][哭]！！", "😷" * 40])
+async def test_emoji_only_gets_a_polite_reply_and_nothing_is_stored(
+    make_config, start_app, demo, db, text
+):
+    client, _ = await start_app(make_config())
+
+    reply = await say(client, demo.resident_ids[0], text)
+
+    assert "没有看到需要核实的文字" in reply
+    assert await count(db, questions) == 0
+    assert await count(db, items) == 0
