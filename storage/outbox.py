@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import ChatGroup, Identity, OutboxMessage, OutboxStatus, Person, utcnow
@@ -119,17 +119,38 @@ async def claim_due(
     skip_locked: bool,
     now: datetime | None = None,
 ) -> list[ClaimedMessage]:
-    """Move up to ``limit`` due rows to ``sending`` and return them (one statement).
+    """Move up to ``limit`` due rows to ``sending`` and return them.
 
-    Due: pending with ``next_attempt_at`` reached, or ``sending`` with a claim older than the
-    timeout (its worker died between claim and result).
+    Due: ``sending`` with a claim older than the timeout (its worker died between claim and
+    result), then pending rows whose ``next_attempt_at`` has come, oldest first.  Each kind is
+    one UPDATE over an index range (``status, next_attempt_at``), never a scan of the backlog.
     """
     now = now or utcnow()
-    due = or_(
-        and_(outbox.c.status == OutboxStatus.PENDING, outbox.c.next_attempt_at <= now),
-        and_(outbox.c.status == OutboxStatus.SENDING, outbox.c.claimed_at < now - claim_timeout),
+    stale = await _claim(
+        conn,
+        select(outbox.c.id)
+        .where(outbox.c.status == OutboxStatus.SENDING, outbox.c.claimed_at < now - claim_timeout)
+        .limit(limit),
+        now,
+        skip_locked,
     )
-    candidates = select(outbox.c.id).where(due).order_by(outbox.c.next_attempt_at).limit(limit)
+    if len(stale) >= limit:
+        return stale
+    pending = await _claim(
+        conn,
+        select(outbox.c.id)
+        .where(outbox.c.status == OutboxStatus.PENDING, outbox.c.next_attempt_at <= now)
+        .order_by(outbox.c.next_attempt_at)
+        .limit(limit - len(stale)),
+        now,
+        skip_locked,
+    )
+    return stale + pending
+
+
+async def _claim(
+    conn: AsyncConnection, candidates: Any, now: datetime, skip_locked: bool
+) -> list[ClaimedMessage]:
     if skip_locked:
         candidates = candidates.with_for_update(skip_locked=True)
     result = await conn.execute(
