@@ -1,18 +1,22 @@
 """The dispatcher: one inbound message in, the replies out, everything else into the outbox.
 
-Middlewares run in this order, inside one group-commit job (one savepoint of a shared
-transaction):
+Middlewares run in this order, inside one group-commit job (a share of a transaction that
+many messages commit together), in three statements for a plain message:
 
-1. **dedupe**: a message whose (channel, dedupe key) was handled before gets the replies stored
-   for it then, and nothing runs again.  Across processes the unique key decides: the loser's
-   savepoint is rolled back and it answers with the winner's replies.
-2. **identify**: the sender's person (by channel identity) and the group chat, if any.
-3. **lock**: per-person serialization, taken *before* conversation state is read (a row lock on
-   PostgreSQL; on SQLite the single writer lane serializes).
-4. **errors**: a handler that raises fails its job, whose savepoint rolls back every write of
-   the message; the error is logged with context and the sender gets a neutral apology, logged
+1. **identify**: the sender's person, home region, roles and scopes (one statement), and the
+   group chat if any.
+2. **lock**: per-person serialization, taken *before* conversation state is read (a row lock on
+   PostgreSQL; on SQLite the single writer lane serializes), in the statement that reads the
+   state...
+3. **dedupe**: ...which also reads the replies stored for this (channel, dedupe key).  A message
+   handled before gets those replies and nothing runs again.  Across processes the unique key
+   decides: the loser's insert fails, its job is rolled back and it answers with the winner's
+   replies.
+4. **errors**: a handler that raises fails its job, which rolls back every write of the
+   message; the error is logged with context and the sender gets a neutral apology, logged
    like any reply so that a retry gets it again without running the handler twice.
-5. **handler**: the active flow, else the first matching route.
+5. **handler**: the active flow, else the first matching route; then the message is logged with
+   its replies (the dedupe record).
 
 Replies come back to the channel to answer inline.  If the channel's budget runs out first
 (WeChat waits 5 s), :meth:`Dispatcher.handle` returns ``None`` and the replies go out through the
@@ -28,8 +32,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.config import Config
@@ -97,6 +101,27 @@ class Dispatcher:
         self._outbox_insert = db.insert_ignore(outbox)
         self._conv_upsert = db.upsert(
             repo.conversations, ["key"], ["flow", "state", "data", "expires_at", "updated_at"]
+        )
+        # Hot-path statements are built once: building one costs more than running it.
+        self._log_select = select(inbound_log.c.id, inbound_log.c.replies).where(
+            inbound_log.c.channel == bindparam("channel"),
+            inbound_log.c.dedupe_key == bindparam("dedupe_key"),
+        )
+        self._checked_lock = repo.CheckedLock(
+            select(inbound_log.c.replies)
+            .where(
+                inbound_log.c.channel == bindparam("channel"),
+                inbound_log.c.dedupe_key == bindparam("dedupe_key"),
+            )
+            .scalar_subquery(),
+            row_lock=not db.is_sqlite,
+            insert_ignore=self._conv_insert,
+        )
+        self._log_insert = insert(inbound_log)
+        self._seen_update = (
+            update(identities)
+            .where(identities.c.id == bindparam("identity_id"))
+            .values(last_seen_at=bindparam("now"))
         )
 
     async def handle(
@@ -203,7 +228,7 @@ class Dispatcher:
         self, conn: AsyncConnection, inbound: Inbound, replies: list[Outbound]
     ) -> None:
         """Send the replies through the outbox, unless a platform retry already got them."""
-        row = (await conn.execute(self._log_query(inbound))).first()
+        row = await self._log_row(conn, inbound)
         if row is None or (row.replies or {}).get("delivery") != "pending":
             return
         await conn.execute(
@@ -224,43 +249,52 @@ class Dispatcher:
 
     # -- the chain ---------------------------------------------------------------------------
 
-    def _log_query(self, inbound: Inbound) -> Any:
-        return select(inbound_log.c.id, inbound_log.c.replies).where(
-            inbound_log.c.channel == inbound.channel,
-            inbound_log.c.dedupe_key == inbound.dedupe_key,
-        )
+    async def _log_row(self, conn: AsyncConnection, inbound: Inbound) -> Any:
+        params = {"channel": inbound.channel, "dedupe_key": inbound.dedupe_key}
+        return (await conn.execute(self._log_select, params)).first()
 
-    async def _process(self, conn: AsyncConnection, inbound: Inbound) -> Handled:
-        # 1. dedupe
-        seen = await self._stored_replies(conn, inbound)
-        if seen is not None:
-            return seen
-        return await self._handle_new(conn, inbound)
-
-    async def _stored_replies(self, conn: AsyncConnection, inbound: Inbound) -> Handled | None:
-        row = (await conn.execute(self._log_query(inbound))).first()
-        if row is None:
-            return None
-        stored = row.replies or {}
+    def _replay(self, stored: dict[str, Any] | None) -> Handled:
+        stored = stored or {}
         if stored.get("delivery") == "outbox":
             return Handled([], duplicate=True)  # the late replies are on their way
         return Handled([Outbound(text) for text in stored.get("texts", [])], duplicate=True)
 
-    async def _handle_new(self, conn: AsyncConnection, inbound: Inbound) -> Handled:
+    async def _process(self, conn: AsyncConnection, inbound: Inbound) -> Handled:
         now = utcnow()
-        # 2. identify
-        person = await self._identify(conn, inbound, now)
-        person_id = person.id if person else None
+        # 1. identify (one statement: identity, person, home region, roles and scopes)
+        found = await repo.person_by_identity(conn, inbound.channel, inbound.sender_id)
+        person = found[2] if found else None
         group = (
             await repo.find_group(conn, inbound.channel, inbound.chat_id)
             if inbound.chat_id
             else None
         )
-        # 3. lock, then read state
+        person_id = person.id if person else None
+        # 2. lock, then read state; 3. dedupe, in the same statement
         key = f"p:{person_id}" if person_id else f"anon:{inbound.channel}:{inbound.sender_id}"
-        conversation = await repo.lock_conversation(
-            conn, key, row_lock=not self.db.is_sqlite, insert_ignore=self._conv_insert
+        conversation, stored = await self._checked_lock.run(
+            conn, key, channel=inbound.channel, dedupe_key=inbound.dedupe_key
         )
+        if stored is not None:
+            return self._replay(stored)
+        if found is not None and (found[1] is None or now - found[1] > SEEN_REFRESH):
+            await conn.execute(self._seen_update, {"identity_id": found[0], "now": now})
+        return await self._handle_new(conn, inbound, person, group, key, conversation, now)
+
+    async def _stored_replies(self, conn: AsyncConnection, inbound: Inbound) -> Handled | None:
+        row = await self._log_row(conn, inbound)
+        return None if row is None else self._replay(row.replies)
+
+    async def _handle_new(
+        self,
+        conn: AsyncConnection,
+        inbound: Inbound,
+        person: repo.PersonInfo | None,
+        group: Any,
+        key: str,
+        conversation: repo.ConversationState,
+        now: datetime,
+    ) -> Handled:
         before = (
             conversation.flow,
             conversation.state,
@@ -307,31 +341,19 @@ class Dispatcher:
         now: datetime,
     ) -> None:
         await conn.execute(
-            insert(inbound_log).values(
-                channel=inbound.channel,
-                dedupe_key=inbound.dedupe_key,
-                sender_id=inbound.sender_id,
-                chat_id=inbound.chat_id,
-                person_id=person_id,
-                kind=inbound.kind,
-                text=inbound.text[:MAX_LOGGED_TEXT],
-                replies={"texts": [r.text for r in replies], "delivery": "pending"},
-                received_at=now,
-            )
+            self._log_insert,
+            {
+                "channel": inbound.channel,
+                "dedupe_key": inbound.dedupe_key,
+                "sender_id": inbound.sender_id,
+                "chat_id": inbound.chat_id,
+                "person_id": person_id,
+                "kind": inbound.kind,
+                "text": inbound.text[:MAX_LOGGED_TEXT],
+                "replies": {"texts": [r.text for r in replies], "delivery": "pending"},
+                "received_at": now,
+            },
         )
-
-    async def _identify(
-        self, conn: AsyncConnection, inbound: Inbound, now: datetime
-    ) -> repo.PersonInfo | None:
-        found = await repo.person_by_identity(conn, inbound.channel, inbound.sender_id)
-        if found is None:
-            return None
-        identity_id, last_seen, person = found
-        if last_seen is None or now - last_seen > SEEN_REFRESH:
-            await conn.execute(
-                update(identities).where(identities.c.id == identity_id).values(last_seen_at=now)
-            )
-        return person
 
     async def _route(self, ctx: Context) -> None:
         # Events (menu clicks, subscribe, enter_agent) are never answers to a flow's question.

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import String, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import (
@@ -168,19 +168,23 @@ async def load_person(conn: AsyncConnection, person_id: int) -> PersonInfo | Non
 async def person_by_identity(
     conn: AsyncConnection, channel: str, external_id: str
 ) -> tuple[int, datetime | None, PersonInfo] | None:
-    """The person behind a channel account: (identity id, last seen, person), in two queries."""
-    row = (
-        await conn.execute(
-            _PERSON_QUERY.add_columns(
-                identities.c.id.label("identity_id"), identities.c.last_seen_at
-            )
-            .join(identities, identities.c.person_id == people.c.id)
-            .where(identities.c.channel == channel, identities.c.external_id == external_id)
-        )
-    ).first()
-    if row is None:
+    """The person behind a channel account: (identity id, last seen, person), in one query."""
+    rows = list(
+        await conn.execute(_PERSON_BY_IDENTITY, {"channel": channel, "external_id": external_id})
+    )
+    if not rows:
         return None
-    return row.identity_id, row.last_seen_at, await _person_from_row(conn, row)
+    first = rows[0]
+    scopes = tuple(
+        Scope(
+            r.role,
+            RegionInfo(r.scope_id, r.scope_code, r.scope_name, r.scope_level,
+                       r.scope_parent_id, r.scope_path),
+        )
+        for r in rows
+        if r.role is not None
+    )
+    return first.identity_id, first.last_seen_at, _person(first, scopes)
 
 
 _PERSON_QUERY = select(
@@ -197,6 +201,33 @@ _PERSON_QUERY = select(
     regions.c.path.label("region_path"),
 ).outerjoin(regions, people.c.region_id == regions.c.id)
 
+# Built once: constructing a statement like this costs more than running it.
+_SCOPE = regions.alias("scope")
+_PERSON_BY_IDENTITY = (
+    _PERSON_QUERY.add_columns(
+        identities.c.id.label("identity_id"),
+        identities.c.last_seen_at,
+        roles.c.role,
+        _SCOPE.c.id.label("scope_id"),
+        _SCOPE.c.code.label("scope_code"),
+        _SCOPE.c.name.label("scope_name"),
+        _SCOPE.c.level.label("scope_level"),
+        _SCOPE.c.parent_id.label("scope_parent_id"),
+        _SCOPE.c.path.label("scope_path"),
+    )
+    .join(identities, identities.c.person_id == people.c.id)
+    .outerjoin(roles, roles.c.person_id == people.c.id)
+    .outerjoin(_SCOPE, _SCOPE.c.id == roles.c.scope_region_id)
+    .where(
+        identities.c.channel == bindparam("channel"),
+        identities.c.external_id == bindparam("external_id"),
+    )
+    .order_by(roles.c.id)
+)
+_GROUP_BY_ADDRESS = select(groups).where(
+    groups.c.channel == bindparam("channel"), groups.c.external_id == bindparam("external_id")
+)
+
 
 async def _person_from_row(conn: AsyncConnection, row: Any) -> PersonInfo:
     scope_rows = await conn.execute(
@@ -205,7 +236,10 @@ async def _person_from_row(conn: AsyncConnection, row: Any) -> PersonInfo:
         .where(roles.c.person_id == row.id)
         .order_by(roles.c.id)
     )
-    scopes = tuple(Scope(r.role, _region(r)) for r in scope_rows)
+    return _person(row, tuple(Scope(r.role, _region(r)) for r in scope_rows))
+
+
+def _person(row: Any, scopes: tuple[Scope, ...]) -> PersonInfo:
     region = None
     if row.region_id is not None:
         region = RegionInfo(
@@ -370,11 +404,8 @@ async def count_people(conn: AsyncConnection) -> int:
 
 
 async def find_group(conn: AsyncConnection, channel: str, external_id: str) -> Any | None:
-    return (
-        await conn.execute(
-            select(groups).where(groups.c.channel == channel, groups.c.external_id == external_id)
-        )
-    ).first()
+    params = {"channel": channel, "external_id": external_id}
+    return (await conn.execute(_GROUP_BY_ADDRESS, params)).first()
 
 
 async def groups_of_region(conn: AsyncConnection, region_id: int) -> list[Any]:
@@ -441,18 +472,59 @@ async def lock_conversation(
     return ConversationState(key, row.flow, row.state, dict(row.data or {}), row.expires_at)
 
 
+class CheckedLock:
+    """Statements for :meth:`run`: take the per-person lock, read the conversation and a
+    scalar subquery ``check`` (the dispatcher's dedupe look-up) in one round trip.  Built once:
+    statement construction costs more than execution on the hot path."""
+
+    def __init__(self, check: Any, *, row_lock: bool, insert_ignore: Any) -> None:
+        columns = (
+            check.label("checked"),
+            conversations.c.flow,
+            conversations.c.state,
+            conversations.c.data,
+            conversations.c.expires_at,
+        )
+        self.row_lock = row_lock
+        self.insert = insert_ignore
+        if row_lock:
+            self.query = (
+                select(*columns)
+                .where(conversations.c.key == bindparam("key"))
+                .with_for_update(of=conversations)
+            )
+        else:
+            wanted = select(bindparam("key", type_=String).label("key")).subquery()
+            self.query = select(*columns).select_from(
+                wanted.outerjoin(conversations, conversations.c.key == wanted.c.key)
+            )
+
+    async def run(
+        self, conn: AsyncConnection, key: str, **check_params: Any
+    ) -> tuple[ConversationState, Any]:
+        if self.row_lock:
+            await conn.execute(self.insert, {"key": key, "data": {}, "updated_at": utcnow()})
+        row = (await conn.execute(self.query, {"key": key, **check_params})).one()
+        if row.flow is None and row.state is None and row.data is None:
+            return ConversationState(key), row.checked
+        data = dict(row.data or {})
+        return ConversationState(key, row.flow, row.state, data, row.expires_at), row.checked
+
+
 async def save_conversation(
     conn: AsyncConnection, state: ConversationState, *, upsert: Any
 ) -> None:
+    """Write the state; ``upsert`` is the prebuilt ``Database.upsert`` of the table."""
     await conn.execute(
-        upsert.values(
-            key=state.key,
-            flow=state.flow,
-            state=state.state,
-            data=state.data,
-            expires_at=state.expires_at,
-            updated_at=utcnow(),
-        )
+        upsert,
+        {
+            "key": state.key,
+            "flow": state.flow,
+            "state": state.state,
+            "data": state.data,
+            "expires_at": state.expires_at,
+            "updated_at": utcnow(),
+        },
     )
 
 
