@@ -56,12 +56,10 @@ ClaimId = int | str
 
 @dataclass(frozen=True)
 class Claim:
-    """The claim of one clarification, and optionally its explanation as ``context``."""
+    """The claim of one clarification (optionally followed by extra keyword text)."""
 
     id: ClaimId
     text: str
-    context: str = ""
-    """Secondary, down-weighted evidence: what the clarification's explanation says."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +105,6 @@ MAX_MESSAGE_CHARS = 3000
 MIN_ANSWER_BIGRAMS = 3
 # Words rarer than this in jieba's IDF table count; the rest (的, 是, 在, 了, ...) carry no claim.
 MIN_WORD_IDF = 3.0
-# How much the explanation (context) can add: the claim score ``s`` becomes
-# ``1 - (1 - s) * (1 - CONTEXT_WEIGHT * c)`` for the context coverage ``c`` (a noisy-OR in which
-# the secondary field counts half).  Only claims the message already overlaps are scored.
-CONTEXT_WEIGHT = 0.5
 
 # --------------------------------------------------------------------------- normalization
 
@@ -314,7 +308,6 @@ class _IndexedClaim:
     compact: str
     bigrams: frozenset[str]
     words: frozenset[str]
-    context: frozenset[str]  # bigrams of the explanation that the claim does not have
     order: int  # when it was added: the last tie-break, so results never depend on hashing
 
 
@@ -373,10 +366,9 @@ class RumorIndex:
         self._added = 0
         self._bigrams = _Postings()
         self._words = _Postings()
-        self._context = _Postings()
         self._word_prefixes: dict[str, int] = defaultdict(int)
         self._max_word_len = 1
-        self._totals: dict[ClaimId, tuple[float, float, float]] = {}  # bigrams, words, context
+        self._totals: dict[ClaimId, tuple[float, float]] = {}  # bigram view, word view
         self._stale = True
         for claim in claims:
             self.add(claim)
@@ -397,17 +389,11 @@ class RumorIndex:
         words = frozenset(
             w for w in lexicon.segment(normalized) if lexicon.word_weight(w) >= MIN_WORD_IDF
         )
-        context = frozenset(_bigram_features(normalize_text(claim.context))) - bigrams
         self._added += 1
-        self._claims[claim.id] = _IndexedClaim(
-            _compact(normalized), bigrams, words, context, self._added
-        )
+        self._claims[claim.id] = _IndexedClaim(_compact(normalized), bigrams, words, self._added)
         for feature in bigrams:
             weight = lexicon.bigram_weight(feature)
             self._bigrams.add(feature, claim.id, weight, math.exp(-weight))
-        for feature in context:
-            weight = lexicon.bigram_weight(feature)
-            self._context.add(feature, claim.id, weight, math.exp(-weight))
         for word in words:
             word_args = (lexicon.word_weight(word), lexicon.word_probability(word))
             if self._words.add(word, claim.id, *word_args):
@@ -423,8 +409,6 @@ class RumorIndex:
             return
         for feature in entry.bigrams:
             self._bigrams.discard(feature, claim_id)
-        for feature in entry.context:
-            self._context.discard(feature, claim_id)
         for word in entry.words:
             if self._words.discard(word, claim_id):
                 for end in range(1, len(word)):
@@ -485,14 +469,11 @@ class RumorIndex:
         count = len(self._claims)
         self._bigrams.reweigh(count)
         self._words.reweigh(count)
-        self._context.reweigh(count)
         bigram_weights, word_weights = self._bigrams.weights, self._words.weights
-        context_weights = self._context.weights
         self._totals = {
             cid: (
                 math.fsum(bigram_weights[t] for t in entry.bigrams),
                 math.fsum(word_weights[t] for t in entry.words),
-                math.fsum(context_weights[t] for t in entry.context),
             )
             for cid, entry in self._claims.items()
         }
@@ -541,19 +522,11 @@ class RumorIndex:
             weight = weights[word]
             for cid in postings[word]:
                 word_hits[cid] += weight
-        context_hits: dict[ClaimId, float] = defaultdict(float)
-        postings, weights = self._context.claims, self._context.weights
-        for feature in features:
-            ids = postings.get(feature)
-            if ids:
-                weight = weights[feature]
-                for cid in ids:
-                    context_hits[cid] += weight
         scores: dict[ClaimId, tuple[float, float]] = {}
         length = len(normalized)
         totals = self._totals
         for cid in bigram_hits.keys() | word_hits.keys():
-            bigram_total, word_total, context_total = totals[cid]
+            bigram_total, word_total = totals[cid]
             raw, views = 0.0, 0
             if bigram_total > 0:
                 raw += bigram_hits.get(cid, 0.0) / bigram_total
@@ -561,10 +534,8 @@ class RumorIndex:
             if word_total > 0:
                 raw += word_hits.get(cid, 0.0) / word_total
                 views += 1
-            # Correcting for chance only lowers a score; the context adds at most its weight.
-            bound = raw / views if views else 0.0
-            if not views or bound + CONTEXT_WEIGHT * (1 - bound) < floor:
-                continue
+            if not views or raw < floor * views:
+                continue  # correcting for chance only lowers a score
             entry = self._claims[cid]
             corrected = 0.0
             for hit, total, terms, view in (
@@ -573,19 +544,7 @@ class RumorIndex:
             ):
                 if total > 0:
                     corrected += _chance_corrected(hit / total, total, terms, view, length)
-            score = min(1.0, corrected / views)
-            if context_total > 0 and cid in context_hits:
-                support = _chance_corrected(
-                    context_hits[cid] / context_total,
-                    context_total,
-                    entry.context,
-                    self._context,
-                    length,
-                )
-                score = 1 - (1 - score) * (1 - CONTEXT_WEIGHT * support)
-            if score < floor:
-                continue
-            scores[cid] = (score, bigram_hits.get(cid, 0.0))
+            scores[cid] = (min(1.0, corrected / views), bigram_hits.get(cid, 0.0))
         return scores
 
     def _match_keywords(self, keywords: list[str], thresholds: Thresholds) -> MatchResult:

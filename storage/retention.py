@@ -8,7 +8,6 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.checkin import purge_checkin
-from storage.rumors import purge_rumors
 from storage.models import (
     InboundMessage,
     OutboxMessage,
@@ -17,6 +16,7 @@ from storage.models import (
     SimMessage,
     utcnow,
 )
+from storage.rumors import purge_rumors
 
 
 async def purge_expired(conn: AsyncConnection, *, older_than: timedelta) -> dict[str, int]:

@@ -4,11 +4,13 @@ Alembic's environment and the test fixtures import this module; a feature that a
 adds its module here.
 """
 
-from storage import checkin_models  # noqa: F401
-from storage import models  # noqa: F401
-from storage import notices_models  # noqa: F401
-from storage import requests_models  # noqa: F401
-from storage import rumor_models  # noqa: F401
+from storage import (
+    checkin_models,  # noqa: F401
+    models,  # noqa: F401
+    notices_models,  # noqa: F401
+    requests_models,  # noqa: F401
+    rumor_models,  # noqa: F401
+)
 from storage.models import Base
 
 metadata = Base.metadata
