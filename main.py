@@ -22,7 +22,7 @@ from storage import repo
 from storage.db import Database
 from storage.migrate import upgrade_database
 from storage.models import SimMessage, utcnow
-from storage.seed import seed_demo
+from storage.seed import seed_demo, seed_demo_clarifications
 
 log = logging.getLogger("gridbot")
 
@@ -57,6 +57,7 @@ def cmd_seed_demo(config: Config, args: argparse.Namespace) -> int:
                     print("database already has people; demo city not seeded")
                     return 0 if args.if_empty else 1
                 city = await seed_demo(conn, residents=args.residents)
+                await seed_demo_clarifications(conn, db, admin_id=city.admin_id)
         finally:
             await db.dispose()
         print(f"demo city seeded: {len(city.grids)} grids, {len(city.resident_ids)} residents")

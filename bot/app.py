@@ -23,11 +23,11 @@ from bot.api_notices import install_notices_api
 from bot.api_requests import install_requests_api
 from bot.api_rumors import install_rumors_api
 from bot.channels.base import Sender
-from bot.checkin_jobs import checkin_jobs
 from bot.channels.bridge import BridgeChannel
 from bot.channels.simulator import SimulatorChannel
 from bot.channels.wechat_mp import WeChatMPChannel
 from bot.channels.wecom import WeComChannel
+from bot.checkin_jobs import checkin_jobs
 from bot.config import Config
 from bot.delivery import DeliveryWorker
 from bot.dispatcher import Dispatcher

@@ -10,6 +10,7 @@ across processes too.  Failures retry with exponential backoff and jitter; after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import defaultdict
@@ -71,10 +72,8 @@ class DeliveryWorker:
                 handled = 0
             if handled < self.config.batch_size:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_s)
-                except TimeoutError:
-                    pass
 
     async def run_once(self) -> int:
         """Claim one batch of due rows and attempt them; returns how many were claimed."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -132,3 +133,53 @@ async def seed_demo(
             demo.resident_ids.append(person_id)
             made += 1
     return demo
+
+
+DEMO_CLARIFICATIONS = [
+    (
+        "喝白酒或高度酒可以预防新冠病毒感染",
+        "false",
+        "饮酒不能预防新冠病毒感染。酒精消毒只对物体表面有效，喝进体内起不到杀灭病毒的作用，"
+        "过量饮酒反而伤害肝脏、降低免疫力。",
+        "世界卫生组织“破除谣言”专栏",
+    ),
+    (
+        "5G基站会传播新冠病毒",
+        "false",
+        "病毒不能通过无线电波或移动网络传播。新冠病毒在没有5G网络的国家和地区同样传播，"
+        "它通过呼吸道飞沫和密切接触在人与人之间传播。",
+        "世界卫生组织“破除谣言”专栏",
+    ),
+    (
+        "洗热水澡或用吹风机吹手可以杀死新冠病毒",
+        "false",
+        "洗热水澡不会改变体温，也不能预防感染；吹风机不能杀死手上的病毒。"
+        "有效的做法是用肥皂和流动水洗手至少20秒，或使用含酒精的免洗洗手液。",
+        "世界卫生组织“破除谣言”专栏",
+    ),
+    (
+        "小区明天起全面封闭，所有居民不得外出买菜",
+        "misleading",
+        "社区没有发布全面封闭的通知。如有管控措施，会由社区和网格员通过本助手和小区公告"
+        "正式发布，并同步保障买菜、就医等基本生活需要。请以正式通知为准。",
+        "江岸区疫情防控指挥部",
+    ),
+]
+
+
+async def seed_demo_clarifications(conn: AsyncConnection, db: Any, *, admin_id: int) -> int:
+    """A few published clarifications so the demo can answer rumors out of the box."""
+    from datetime import UTC, datetime
+
+    from storage.rumors import insert_clarification
+
+    now = datetime.now(UTC)
+    for claim, verdict, explanation, source in DEMO_CLARIFICATIONS:
+        await insert_clarification(
+            conn, db, claim=claim, verdict=verdict, explanation=explanation,
+            source_name=source, source_url="", region_id=None, scope_path=None,
+            expires_at=None, status="published", version=1, published_at=now,
+            withdrawn_at=None, created_by=admin_id, updated_by=admin_id, created_at=now,
+            updated_at=now,
+        )
+    return len(DEMO_CLARIFICATIONS)
