@@ -21,7 +21,7 @@ EventKey              keyword         what it does
 ``TODAY_CHECKINS``    今日打卡        staff: today's check-in rate in scope
 ``NOT_CHECKED_IN``    未打卡          staff: who has not checked in
 ``ABNORMAL``          异常            staff: abnormal check-ins
-``TODO``              待办            staff: requests waiting for them
+``MY_TASKS``          待办            staff: requests waiting for them
 ====================  ==============  ===================================================
 
 A key that is not listed gets the "not understood" text.  WeCom's ``enter_agent`` (opening the
@@ -52,7 +52,7 @@ MENU_KEYWORDS: dict[str, str] = {
     "TODAY_CHECKINS": "今日打卡",
     "NOT_CHECKED_IN": "未打卡",
     "ABNORMAL": "异常",
-    "TODO": "待办",
+    "MY_TASKS": "待办",
 }
 """Menu ``EventKey`` -> the text keyword whose behaviour the click has."""
 
