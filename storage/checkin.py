@@ -15,7 +15,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     String,
-    Table,
     and_,
     bindparam,
     case,
@@ -51,22 +50,15 @@ from storage.models import (
     utcnow,
 )
 
-
-def cast_table(table: Any) -> Table:
-    """A model's ``__table__`` as the ``Table`` it is (typed as a ``FromClause``)."""
-    assert isinstance(table, Table)
-    return table
-
-
-records = cast_table(CheckinRecord.__table__)
-alerts = cast_table(CheckinAlert.__table__)
-quarantines = cast_table(Quarantine.__table__)
-runs = cast_table(CheckinRun.__table__)
-people = cast_table(Person.__table__)
-identities = cast_table(Identity.__table__)
-households = cast_table(Household.__table__)
-regions = cast_table(Region.__table__)
-outbox = cast_table(OutboxMessage.__table__)
+records = CheckinRecord.__table__
+alerts = CheckinAlert.__table__
+quarantines = Quarantine.__table__
+runs = CheckinRun.__table__
+people = Person.__table__
+identities = Identity.__table__
+households = Household.__table__
+regions = Region.__table__
+outbox = OutboxMessage.__table__
 
 
 ACTIVE = "active"

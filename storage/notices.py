@@ -9,7 +9,6 @@ queued) so that a process taking over resumes where the other one stopped.
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -19,7 +18,6 @@ from sqlalchemy import (
     JSON,
     Integer,
     String,
-    Table,
     and_,
     case,
     cast,
@@ -54,20 +52,15 @@ from storage.models import (
 )
 from storage.notices_models import REF_EXTRA, REF_TARGET, Notice, NoticeAck, NoticeStatus
 
-
-def _table(model: Any) -> Table:
-    return typing.cast(Table, model.__table__)
-
-
-notices = _table(Notice)
-acks = _table(NoticeAck)
-outbox = _table(OutboxMessage)
-people = _table(Person)
-regions = _table(Region)
-identities = _table(Identity)
-groups = _table(ChatGroup)
-roles = _table(PersonRole)
-quarantines = _table(Quarantine)
+notices = Notice.__table__
+acks = NoticeAck.__table__
+outbox = OutboxMessage.__table__
+people = Person.__table__
+regions = Region.__table__
+identities = Identity.__table__
+groups = ChatGroup.__table__
+roles = PersonRole.__table__
+quarantines = Quarantine.__table__
 
 OUTBOX_COLUMNS = (
     "key",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Table, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -31,22 +31,17 @@ from storage.rumor_models import (
     RumorKbState,
 )
 
-
-def _table(model: Any) -> Table:
-    return cast(Table, model.__table__)
-
-
-clarifications = _table(Clarification)
-history = _table(ClarificationHistory)
-questions = _table(Question)
-items = _table(ReviewItem)
-deliveries = _table(Delivery)
-pushes = _table(Push)
-kb_state = _table(RumorKbState)
-people = _table(Person)
-regions = _table(Region)
-identities = _table(Identity)
-outbox = _table(OutboxMessage)
+clarifications = Clarification.__table__
+history = ClarificationHistory.__table__
+questions = Question.__table__
+items = ReviewItem.__table__
+deliveries = Delivery.__table__
+pushes = Push.__table__
+kb_state = RumorKbState.__table__
+people = Person.__table__
+regions = Region.__table__
+identities = Identity.__table__
+outbox = OutboxMessage.__table__
 
 KB_STATE_ID = 1
 CONTENT_FIELDS = (
