@@ -46,7 +46,7 @@ from handlers.router import Router
 from storage import repo
 from storage.db import Database, GroupCommitter
 from storage.models import Identity, InboundMessage, utcnow
-from storage.outbox import Target, enqueue, group_target, outbox, outbox_row, person_target
+from storage.outbox import Target, enqueue, outbox, outbox_row, recipient_row
 
 log = logging.getLogger(__name__)
 
@@ -372,25 +372,18 @@ class Dispatcher:
             if message.is_reply:
                 replies.append(message)
                 continue
-            target: Target | None
-            if message.person_id is not None:
-                target = await person_target(ctx.conn, message.person_id)
-            else:
-                assert message.group_id is not None
-                target = await group_target(ctx.conn, message.group_id)
-            if target is None:
+            key = message.key or f"msg:{ctx.inbound.channel}:{ctx.inbound.dedupe_key}:{i}"
+            row = await recipient_row(
+                ctx.conn,
+                key=key,
+                text=message.text,
+                person_id=message.person_id,
+                group_id=message.group_id,
+            )
+            if row is None:
                 log.info("no reachable target for %s; not queued", message)
                 continue
-            key = message.key or f"msg:{ctx.inbound.channel}:{ctx.inbound.dedupe_key}:{i}"
-            rows.append(
-                outbox_row(
-                    key=key,
-                    target=target,
-                    payload={"text": message.text},
-                    person_id=message.person_id,
-                    group_id=message.group_id,
-                )
-            )
+            rows.append(row)
         await enqueue(ctx.conn, rows, self._outbox_insert)
         return replies, len(rows)
 

@@ -21,7 +21,7 @@ from flows.checkin_config import CheckinConfig, ScheduleConfig
 from storage.checkin import outbox
 from storage.db import Database
 from storage.models import ChatGroup, Region, RegionLevel
-from storage.outbox import enqueue, group_target, outbox_row, person_target
+from storage.outbox import enqueue, recipient_row
 from storage.repo import RegionInfo
 
 log = logging.getLogger(__name__)
@@ -131,20 +131,18 @@ async def push_to_person(
 ) -> bool:
     """Queue a message for a person (idempotent by ``key``); ``False`` when they cannot be
     reached (no account, or opted out)."""
-    target = await person_target(conn, person_id)
-    if target is None:
-        return False
-    row = outbox_row(
+    row = await recipient_row(
+        conn,
         key=key,
-        target=target,
-        payload={"text": text},
+        text=text,
         person_id=person_id,
         not_before=not_before,
         ref_type="checkin",
         ref_id=ref_id,
     )
-    await enqueue(conn, [row], db.insert_ignore(outbox))
-    return True
+    if row is not None:
+        await enqueue(conn, [row], db.insert_ignore(outbox))
+    return row is not None
 
 
 async def staff_groups(conn: AsyncConnection, region_id: int) -> list[int]:
@@ -167,17 +165,15 @@ async def push_to_group(
     not_before: datetime,
     ref_id: int | None = None,
 ) -> bool:
-    target = await group_target(conn, group_id)
-    if target is None:
-        return False
-    row = outbox_row(
+    row = await recipient_row(
+        conn,
         key=key,
-        target=target,
-        payload={"text": text},
+        text=text,
         group_id=group_id,
         not_before=not_before,
         ref_type="checkin",
         ref_id=ref_id,
     )
-    await enqueue(conn, [row], db.insert_ignore(outbox))
-    return True
+    if row is not None:
+        await enqueue(conn, [row], db.insert_ignore(outbox))
+    return row is not None

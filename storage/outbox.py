@@ -111,6 +111,39 @@ async def group_target(conn: AsyncConnection, group_id: int) -> Target | None:
     return Target(row.channel, "chat", row.external_id)
 
 
+async def recipient_row(
+    conn: AsyncConnection,
+    *,
+    key: str,
+    text: str,
+    person_id: int | None = None,
+    group_id: int | None = None,
+    not_before: datetime | None = None,
+    ref_type: str | None = None,
+    ref_id: int | None = None,
+) -> dict[str, Any] | None:
+    """The outbox row for a message to a person (on the channel they last used) or to a group
+    chat; ``None`` when there is no way to reach them (no account, or opted out)."""
+    if person_id is not None:
+        target = await person_target(conn, person_id)
+    elif group_id is not None:
+        target = await group_target(conn, group_id)
+    else:
+        raise ValueError("a recipient needs a person_id or a group_id")
+    if target is None:
+        return None
+    return outbox_row(
+        key=key,
+        target=target,
+        payload={"text": text},
+        person_id=person_id,
+        group_id=group_id,
+        not_before=not_before,
+        ref_type=ref_type,
+        ref_id=ref_id,
+    )
+
+
 async def claim_due(
     conn: AsyncConnection,
     *,
