@@ -16,9 +16,7 @@ from storage import repo
 PASSWORD = "correct-horse-9"
 SESSION_KEY = Fernet.generate_key().decode()
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-_CHART = re.compile(
-    r'<script type="application/json" id="chart-data">(.*?)</script>', re.DOTALL
-)
+_CHART = re.compile(r'<script type="application/json" id="chart-data">(.*?)</script>', re.DOTALL)
 
 
 def console_config(make_config: Any, **console: Any) -> Any:
@@ -71,6 +69,15 @@ def session_cookie(client: Any) -> str | None:
         if cookie.key == COOKIE_NAME:
             return str(cookie.value)
     return None
+
+
+def put_session_cookie(client: Any, value: str) -> None:
+    """Make ``value`` the only session cookie the client sends (as a browser would after
+    being handed it), replacing whatever the server set."""
+    client.session.cookie_jar.clear()
+    client.session.cookie_jar.update_cookies(
+        {COOKIE_NAME: value}, response_url=client.make_url("/console/")
+    )
 
 
 def chart_data(html: str) -> dict[str, Any]:
