@@ -12,8 +12,8 @@ from sqlalchemy import select
 from bot.config import parse_config
 from storage.checkin import people
 from storage.db import Database
-from storage.seed import seed_demo
 from storage.repo import audit
+from storage.seed import seed_demo
 from tests.checkin_support import NORMAL, converse, outbox_rows, today
 from tests.console_support import (
     SESSION_KEY,
@@ -244,7 +244,8 @@ async def test_a_failing_page_shows_the_500_page_without_internals(sqlite_url, t
     await rt.db.dispose()
     path = Path(sqlite_url.split("///", 1)[1])
     shutil.move(path, tmp_path / "moved.db")
-    path.write_bytes(b"")
+    with open(path, "wb"):  # an empty file where the database was
+        pass
     response = await client.get("/console/")
     text = await response.text()
     assert response.status == 500
