@@ -3,6 +3,7 @@ its reminder, the audit log, scope, masking and the error pages."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 from pathlib import Path
@@ -244,8 +245,7 @@ async def test_a_failing_page_shows_the_500_page_without_internals(sqlite_url, t
     await rt.db.dispose()
     path = Path(sqlite_url.split("///", 1)[1])
     shutil.move(path, tmp_path / "moved.db")
-    with open(path, "wb"):  # an empty file where the database was
-        pass
+    await asyncio.to_thread(path.touch)  # an empty file where the database was
     response = await client.get("/console/")
     text = await response.text()
     assert response.status == 500
