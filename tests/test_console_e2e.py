@@ -139,12 +139,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
     demo = DemoServer(tmp_path_factory.mktemp("e2e"), sqlite_template)
     try:
         # Some of the day's check-ins, through the simulator as residents would send them.
-        grids = {r.code: r.id for r in demo.query("SELECT id, code FROM regions WHERE level='grid'")}
+        grids = {
+            r.code: r.id for r in demo.query("SELECT id, code FROM regions WHERE level='grid'")
+        }
         residents = demo.query(
             "SELECT p.id, p.region_id FROM people p JOIN person_roles r ON r.person_id = p.id "
             "WHERE r.role = 'resident' ORDER BY p.id"
         )
-        in_grid = {code: [r.id for r in residents if r.region_id == gid] for code, gid in grids.items()}
+        in_grid = {
+            code: [r.id for r in residents if r.region_id == gid] for code, gid in grids.items()
+        }
         for pid in in_grid["G0101"][:5] + in_grid["G0102"][:2] + in_grid["G0201"][:6]:
             demo.chat(pid, "打卡", *NORMAL)
         demo.chat(in_grid["G0101"][5], "打卡", *FEVER)
@@ -217,7 +221,10 @@ def test_overview_chart_shows_each_grids_rate(server: DemoServer, browser: Brows
         _log_in(page, server)
         rate = _chart_option(page, "rate-chart")
         assert rate["series"] == [{"type": "bar", "data": rates}]
-        names = [r.name for r in server.query("SELECT name FROM regions WHERE level='grid' ORDER BY code")]
+        names = [
+            r.name
+            for r in server.query("SELECT name FROM regions WHERE level='grid' ORDER BY code")
+        ]
         assert rate["y"] == names and len(codes) == len(names)
         trend = _chart_option(page, "trend-chart")
         assert trend["series"][0]["type"] == "line" and len(trend["series"][0]["data"]) == 14
