@@ -15,7 +15,7 @@ from sqlalchemy import select
 from bot.config import RequestsConfig
 from flows.requests import Desk, sweep_deadlines
 from flows.texts import Texts
-from storage import repo
+from storage import repo, requests_repo
 from storage.models import AuditEntry, OutboxMessage, utcnow
 from storage.requests_models import RequestEvent, ResidentRequest
 
@@ -69,9 +69,11 @@ async def residents_of(db, demo, grid_code: str) -> list[int]:
 
 
 async def request_row(db, number: str) -> Any:
+    """The request as the repository reads it (with its current level and handler)."""
     async with db.read() as conn:
-        query = select(requests_t).where(requests_t.c.number == number)
-        return (await conn.execute(query)).one()
+        row = await requests_repo.get_request(conn, number=number)
+    assert row is not None
+    return row
 
 
 async def event_kinds(db, number: str) -> list[str]:
