@@ -17,7 +17,8 @@ from bot.app import build_runtime, create_app
 from bot.channels.simulator import CHANNEL as SIM_CHANNEL
 from bot.config import Config, ConfigError, load_config
 from bot.messages import Inbound
-from flows.roster import RosterError, import_roster
+from flows.roster import RosterError, describe_problem, import_roster
+from flows.texts import Texts
 from storage import repo
 from storage.db import Database
 from storage.migrate import upgrade_database
@@ -78,8 +79,9 @@ def cmd_import_roster(config: Config, args: argparse.Namespace) -> int:
             return 2
         finally:
             await db.dispose()
-        for line, problem in report.errors:
-            print(f"line {line}: {problem}", file=sys.stderr)
+        texts = Texts()
+        for problem in report.errors:
+            print(f"line {problem.line}: {describe_problem(texts, problem)}", file=sys.stderr)
         if report.errors and not report.written:
             print(
                 f"{len(report.errors)} bad rows; nothing imported "

@@ -20,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from bot.api import Api
 from bot.api_checkin import install_checkin_api
 from bot.api_notices import install_notices_api
+from bot.api_people import install_people_api
 from bot.api_requests import install_requests_api
 from bot.api_rumors import install_rumors_api
 from bot.channels.base import Sender
@@ -34,6 +35,7 @@ from bot.dispatcher import Dispatcher
 from bot.errors import ErrorReporter
 from bot.jobs import foundation_jobs
 from bot.notices_jobs import notices_jobs
+from bot.posters import GridQrCodes
 from bot.requests_jobs import requests_jobs
 from bot.scheduler import JobRuntime, JobSpec, Scheduler
 from flows.engine import FlowEngine
@@ -57,6 +59,7 @@ class Runtime:
     errors: ErrorReporter
     api: Api
     session: aiohttp.ClientSession
+    qrcodes: GridQrCodes
     channels: dict[str, Any] = field(default_factory=dict)
 
 
@@ -131,6 +134,8 @@ async def build_runtime(config: Config, *, session: aiohttp.ClientSession | None
         wake_delivery=delivery.wake,
     )
     scheduler = Scheduler(job_runtime, build_jobs(config))
+    mp = channels.get("wechat_mp")
+    qrcodes = GridQrCodes(db, mp.create_permanent_qrcode if mp is not None else None)
     return Runtime(
         config=config,
         db=db,
@@ -139,10 +144,15 @@ async def build_runtime(config: Config, *, session: aiohttp.ClientSession | None
         delivery=delivery,
         scheduler=scheduler,
         errors=errors,
-        api=install_rumors_api(
-            install_notices_api(
-                install_checkin_api(
-                    install_requests_api(Api(db), db, config, delivery.wake), db, config
+        api=install_people_api(
+            install_rumors_api(
+                install_notices_api(
+                    install_checkin_api(
+                        install_requests_api(Api(db), db, config, delivery.wake), db, config
+                    ),
+                    db,
+                    config,
+                    delivery.wake,
                 ),
                 db,
                 config,
@@ -150,9 +160,10 @@ async def build_runtime(config: Config, *, session: aiohttp.ClientSession | None
             ),
             db,
             config,
-            delivery.wake,
+            qrcodes,
         ),
         session=session,
+        qrcodes=qrcodes,
         channels=channels,
     )
 

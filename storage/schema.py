@@ -8,6 +8,7 @@ from storage import (
     checkin_models,  # noqa: F401
     models,  # noqa: F401
     notices_models,  # noqa: F401
+    people_models,  # noqa: F401
     requests_models,  # noqa: F401
     rumor_models,  # noqa: F401
 )
