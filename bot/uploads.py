@@ -7,6 +7,8 @@ being held in memory.
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from aiohttp import BodyPartReader, web
 
 CHUNK = 64 * 1024
@@ -50,7 +52,8 @@ async def read_uploaded_file(
                     raise UploadError(413, "too_large", f"the file is larger than {limit} bytes")
             if not data:
                 raise UploadError(400, "no_file", f"the file in {field!r} is empty")
-            return part.filename, bytes(data), fields
+            # Browsers send UTF-8 names as they are; some clients percent-encode them.
+            return unquote(part.filename), bytes(data), fields
         if part.name and len(fields) < 20:
             fields[part.name] = (await part.read_chunk(CHUNK)).decode("utf-8", "replace")
     raise UploadError(400, "no_file", f"no file in the form field {field!r}")

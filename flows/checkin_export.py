@@ -71,9 +71,15 @@ class _RowWriter:
     """Turns record rows into sheet rows (runs in the worker thread)."""
 
     def __init__(
-        self, workbook: Workbook, cfg: CheckinConfig, labels: ExportLabels, tz: ZoneInfo
+        self,
+        workbook: Workbook,
+        cfg: CheckinConfig,
+        labels: ExportLabels,
+        tz: ZoneInfo,
+        max_rows: int,
     ) -> None:
         self.workbook = workbook
+        self.max_rows = max_rows
         self.questions = cfg.questions
         self.labels = labels
         self.tz = tz
@@ -96,7 +102,7 @@ class _RowWriter:
     def append(self, rows: list[Any]) -> None:
         for row in rows:
             sheet = self.sheet
-            if sheet is None or self.sheet_rows >= MAX_SHEET_ROWS:
+            if sheet is None or self.sheet_rows >= self.max_rows:
                 sheet = self._new_sheet()
             sheet.append([self._cell(sheet, v) for v in self._values(row)])
             self.sheet_rows += 1
@@ -162,11 +168,15 @@ async def write_checkins_xlsx(
     tz: ZoneInfo,
     labels: ExportLabels,
     page_size: int = PAGE_SIZE,
+    sheet_rows: int = MAX_SHEET_ROWS,
 ) -> int:
     """Write the current check-in records of ``day`` of people living under ``region`` to
-    ``path`` (XLSX); returns the number of records written."""
+    ``path`` (XLSX); returns the number of records written.
+
+    A sheet holds at most ``sheet_rows`` rows (with its header); the rest go on more sheets.
+    """
     workbook = Workbook(write_only=True)
-    writer = _RowWriter(workbook, cfg, labels, tz)
+    writer = _RowWriter(workbook, cfg, labels, tz, sheet_rows)
     count, after = 0, 0
     while True:
         # A short read per page: a long export never holds a transaction open.

@@ -158,26 +158,26 @@ def read_upload(filename: str, data: bytes) -> Rows:
         raise RosterError(
             "too_large",
             f"{name}: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB",
-            name=name,
+            file=name,
             limit_mb=MAX_UPLOAD_BYTES // (1024 * 1024),
         )
     if suffix == ".xlsx":
         rows = list(_limited(_xlsx_rows(name, data), name))
     elif suffix == ".csv":
         if data.startswith(b"PK\x03\x04") or b"\x00" in data[:4096]:
-            raise RosterError("not_text", f"{name}: binary content, not CSV text", name=name)
+            raise RosterError("not_text", f"{name}: binary content, not CSV text", file=name)
         rows = list(_limited(_csv_rows(name, data), name))
     else:
         raise _not_csv_or_xlsx(name)
     if not rows:
-        raise RosterError("no_rows", f"{name}: no data rows", name=name)
+        raise RosterError("no_rows", f"{name}: no data rows", file=name)
     detect_kind(set(rows[0][1]))
     return rows
 
 
 def _not_csv_or_xlsx(name: str) -> RosterError:
     return RosterError(
-        "not_csv_or_xlsx", f"{name}: only .csv and .xlsx files can be imported", name=name
+        "not_csv_or_xlsx", f"{name}: only .csv and .xlsx files can be imported", file=name
     )
 
 
@@ -185,7 +185,7 @@ def _limited(rows: Iterator[tuple[int, dict[str, str]]], name: str) -> Iterator[
     for count, row in enumerate(rows, start=1):
         if count > MAX_ROWS:
             raise RosterError(
-                "too_many_rows", f"{name}: more than {MAX_ROWS} rows", name=name, limit=MAX_ROWS
+                "too_many_rows", f"{name}: more than {MAX_ROWS} rows", file=name, limit=MAX_ROWS
             )
         yield row
 
@@ -198,12 +198,12 @@ def _csv_rows(name: str, raw: bytes) -> Iterator[tuple[int, dict[str, str]]]:
         except UnicodeDecodeError:
             continue
     else:
-        raise RosterError("not_text", f"{name}: not UTF-8 or GBK text", name=name)
+        raise RosterError("not_text", f"{name}: not UTF-8 or GBK text", file=name)
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader, None)
         if not header:
-            raise RosterError("empty", f"{name}: the file is empty", name=name)
+            raise RosterError("empty", f"{name}: the file is empty", file=name)
         names = [h.strip() for h in header]
         for number, row in enumerate(reader, start=2):
             if any(cell.strip() for cell in row):
@@ -212,32 +212,32 @@ def _csv_rows(name: str, raw: bytes) -> Iterator[tuple[int, dict[str, str]]]:
                     {names[i]: (row[i] if i < len(row) else "").strip() for i in range(len(names))},
                 )
     except csv.Error as exc:
-        raise RosterError("not_text", f"{name}: not readable as CSV ({exc})", name=name) from None
+        raise RosterError("not_text", f"{name}: not readable as CSV ({exc})", file=name) from None
 
 
 def _xlsx_rows(name: str, data: bytes) -> Iterator[tuple[int, dict[str, str]]]:
     from openpyxl import load_workbook
 
     if not data.startswith(b"PK\x03\x04"):
-        raise RosterError("bad_xlsx", f"{name}: not a readable XLSX file", name=name)
+        raise RosterError("bad_xlsx", f"{name}: not a readable XLSX file", file=name)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             unpacked = sum(info.file_size for info in archive.infolist())
     except zipfile.BadZipFile:
-        raise RosterError("bad_xlsx", f"{name}: not a readable XLSX file", name=name) from None
+        raise RosterError("bad_xlsx", f"{name}: not a readable XLSX file", file=name) from None
     if unpacked > MAX_XLSX_UNPACKED:
-        raise RosterError("bad_xlsx", f"{name}: unpacks to {unpacked} bytes", name=name)
+        raise RosterError("bad_xlsx", f"{name}: unpacks to {unpacked} bytes", file=name)
     try:
         workbook = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises several unrelated types for a broken file
         raise RosterError(
-            "bad_xlsx", f"{name}: not a readable XLSX file ({exc})", name=name
+            "bad_xlsx", f"{name}: not a readable XLSX file ({exc})", file=name
         ) from None
     try:
         rows = workbook.active.iter_rows(values_only=True) if workbook.active else iter(())
         header = next(rows, None)
         if not header:
-            raise RosterError("empty", f"{name}: the first sheet is empty", name=name)
+            raise RosterError("empty", f"{name}: the first sheet is empty", file=name)
         names = [str(h).strip() if h is not None else "" for h in header]
         for number, row in enumerate(rows, start=2):
             cells = ["" if v is None else _cell_text(v) for v in row]
