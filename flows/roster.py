@@ -656,3 +656,21 @@ async def import_staged(
         if report.written:
             await rosters.delete_upload(conn, upload_id)
         return staged.filename, report
+
+
+async def check_staged(
+    db: Database, person: repo.PersonInfo, upload_id: int
+) -> tuple[str, ImportReport]:
+    """The report of a file this person staged, checked again now: (file name, report).
+
+    Raises LookupError for an unknown, stale or foreign upload.
+    """
+    scope = importer_scope(person)
+    async with db.read() as conn:
+        staged = await rosters.staged_upload(
+            conn, upload_id, person_id=person.id, newer_than=utcnow() - rosters.STAGED_FOR
+        )
+        if staged is None:
+            raise LookupError(f"no roster upload {upload_id} for person {person.id}")
+        rows = read_upload(staged.filename, bytes(staged.content))
+        return staged.filename, await check_upload(conn, rows, scope=scope)

@@ -254,6 +254,10 @@ async def test_a_staged_upload_is_imported_once_by_its_uploader_only(demo, db):
     other = await load(db, await street_admin(db, "S01"))
     upload_id, report = await roster.stage_file(db, admin, "名单.csv", MIXED)
     assert [p.line for p in report.errors] == [3, 4, 5] and not report.written
+    name, again = await roster.check_staged(db, admin, upload_id)
+    assert name == "名单.csv" and again == report
+    with pytest.raises(LookupError):
+        await roster.check_staged(db, other, upload_id)
     before = await table_counts(db)
 
     with pytest.raises(LookupError):
