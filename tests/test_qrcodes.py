@@ -173,7 +173,7 @@ async def test_without_the_official_account_the_poster_says_what_to_configure(
         posters = await grid_posters(conn, community)
     assert [p.grid.code for p in posters] == ["G0101", "G0102"]
     assert all(p.svg is None for p in posters)
-    macro = page_environment().get_template("zh_CN/posters/poster.html").module.poster
+    macro = page_environment().get_template("console/_poster.html").module.poster
     html = str(macro(posters[0], False))
     assert "需要先配置微信公众号" in html and "channels.wechat_mp" in html
     assert "G0101" in html and "<svg" not in html
@@ -193,7 +193,7 @@ async def test_a_poster_shows_the_code_its_warden_and_a_scannable_scene(
         (poster,) = await grid_posters(conn, grid)
     assert poster.community == "滨江社区" and poster.wardens == (warden.name,)
     assert poster.svg is not None and poster.svg.startswith("<svg")
-    macro = page_environment().get_template("zh_CN/posters/poster.html").module.poster
+    macro = page_environment().get_template("console/_poster.html").module.poster
     html = str(macro(poster, True))
     assert "微信扫一扫" in html and warden.name in html and "<svg" in html
 
