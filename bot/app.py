@@ -179,7 +179,7 @@ async def create_app(config: Config, *, run_workers: bool = True) -> web.Applica
         app.add_routes(channel.routes())
     app.add_routes(rt.api.routes())
     app.add_routes([web.get("/healthz", _health), web.get("/", _home)])
-    install_console(app, config, rt.db, rt.delivery.wake)
+    install_console(app, config, rt.db, rt.delivery.wake, rt.qrcodes)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         rt.committer.start()
