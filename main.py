@@ -21,7 +21,8 @@ from bot.channels.simulator import CHANNEL as SIM_CHANNEL
 from bot.config import Config, ConfigError, load_config
 from bot.console.passwords import PasswordRefused, hash_password, set_password
 from bot.messages import Inbound
-from flows.roster import RosterError, import_roster
+from flows.roster import RosterError, describe_problem, import_roster
+from flows.texts import Texts
 from storage import repo
 from storage.console import credentials
 from storage.db import Database
@@ -187,8 +188,9 @@ def cmd_import_roster(config: Config, args: argparse.Namespace) -> int:
             return 2
         finally:
             await db.dispose()
-        for line, problem in report.errors:
-            print(f"line {line}: {problem}", file=sys.stderr)
+        texts = Texts()
+        for problem in report.errors:
+            print(f"line {problem.line}: {describe_problem(texts, problem)}", file=sys.stderr)
         if report.errors and not report.written:
             print(
                 f"{len(report.errors)} bad rows; nothing imported "

@@ -35,10 +35,12 @@ CALLER = web.RequestKey("caller", repo.PersonInfo)
 class ApiError(web.HTTPException):
     """An API error with a machine code and a human reason, rendered in the one JSON shape."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        """``details`` join code and message in the error object (e.g. a whole report)."""
         self.status_code = status
+        error = {"code": code, "message": message, **details}
         super().__init__(
-            text=json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False),
+            text=json.dumps({"error": error}, ensure_ascii=False, default=str),
             content_type="application/json",
         )
 

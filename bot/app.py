@@ -20,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from bot.api import Api
 from bot.api_checkin import install_checkin_api
 from bot.api_notices import install_notices_api
+from bot.api_people import install_people_api
 from bot.api_quarantine import install_quarantine_api
 from bot.api_requests import install_requests_api
 from bot.api_rumors import install_rumors_api
@@ -36,6 +37,7 @@ from bot.dispatcher import Dispatcher
 from bot.errors import ErrorReporter
 from bot.jobs import foundation_jobs
 from bot.notices_jobs import notices_jobs
+from bot.posters import GridQrCodes
 from bot.requests_jobs import requests_jobs
 from bot.scheduler import JobRuntime, JobSpec, Scheduler
 from flows.engine import FlowEngine
@@ -59,6 +61,7 @@ class Runtime:
     errors: ErrorReporter
     api: Api
     session: aiohttp.ClientSession
+    qrcodes: GridQrCodes
     channels: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,6 +136,15 @@ async def build_runtime(config: Config, *, session: aiohttp.ClientSession | None
         wake_delivery=delivery.wake,
     )
     scheduler = Scheduler(job_runtime, build_jobs(config))
+    mp = channels.get("wechat_mp")
+    qrcodes = GridQrCodes(db, mp.create_permanent_qrcode if mp is not None else None)
+    api = Api(db)
+    install_requests_api(api, db, config, delivery.wake)
+    install_checkin_api(api, db, config)
+    install_notices_api(api, db, config, delivery.wake)
+    install_rumors_api(api, db, config, delivery.wake)
+    install_quarantine_api(api, db, config, delivery.wake)
+    install_people_api(api, db, config, qrcodes)
     return Runtime(
         config=config,
         db=db,
@@ -141,25 +153,9 @@ async def build_runtime(config: Config, *, session: aiohttp.ClientSession | None
         delivery=delivery,
         scheduler=scheduler,
         errors=errors,
-        api=install_quarantine_api(
-            install_rumors_api(
-                install_notices_api(
-                    install_checkin_api(
-                        install_requests_api(Api(db), db, config, delivery.wake), db, config
-                    ),
-                    db,
-                    config,
-                    delivery.wake,
-                ),
-                db,
-                config,
-                delivery.wake,
-            ),
-            db,
-            config,
-            delivery.wake,
-        ),
+        api=api,
         session=session,
+        qrcodes=qrcodes,
         channels=channels,
     )
 
@@ -174,7 +170,7 @@ async def create_app(config: Config, *, run_workers: bool = True) -> web.Applica
         app.add_routes(channel.routes())
     app.add_routes(rt.api.routes())
     app.add_routes([web.get("/healthz", _health), web.get("/", _home)])
-    install_console(app, config, rt.db, rt.delivery.wake)
+    install_console(app, config, rt.db, rt.delivery.wake, rt.qrcodes)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         rt.committer.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flows.context import Context
+from flows.posters import grid_code_from_scene
 from handlers.router import Router
 from storage import repo
 
@@ -25,7 +26,7 @@ def _roles(ctx: Context) -> set[str]:
 @router.event("subscribe", "scan")
 async def on_subscribe(ctx: Context) -> None:
     """Followed the account, or scanned a grid's QR poster (scene = grid code)."""
-    scene = str(ctx.inbound.extra.get("scene") or "").strip().upper() or None
+    scene = grid_code_from_scene(ctx.inbound.extra.get("scene"))
     if ctx.person is None:
         await ctx.flows.start(ctx, "registration", grid_code=scene)
         return

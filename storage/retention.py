@@ -16,6 +16,7 @@ from storage.models import (
     SimMessage,
     utcnow,
 )
+from storage.rosters import STAGED_FOR, purge_uploads
 from storage.rumors import purge_rumors
 
 
@@ -46,4 +47,6 @@ async def purge_expired(conn: AsyncConnection, *, older_than: timedelta) -> dict
     }
     counts.update(await purge_checkin(conn, cutoff=cutoff))
     counts.update(await purge_rumors(conn, cutoff=cutoff))
+    # Staged roster files wait a day at most for their confirmation, whatever the retention.
+    counts.update(await purge_uploads(conn, cutoff=max(cutoff, utcnow() - STAGED_FOR)))
     return {k: int(v or 0) for k, v in counts.items()}

@@ -9,6 +9,7 @@ from storage import (
     console_models,  # noqa: F401
     models,  # noqa: F401
     notices_models,  # noqa: F401
+    people_models,  # noqa: F401
     requests_models,  # noqa: F401
     rumor_models,  # noqa: F401
 )

@@ -227,6 +227,35 @@ async def test_qrcode_create(fake: FakeWeChat, http: aiohttp.ClientSession) -> N
     assert answer["url"].startswith("http://weixin.qq.com/q/")
 
 
+async def test_permanent_qrcode_scenes_are_checked_and_kept(
+    fake: FakeWeChat, http: aiohttp.ClientSession
+) -> None:
+    token = await _mp_token(fake, http)
+    url = f"{fake.base_url}/cgi-bin/qrcode/create"
+
+    def body(action: str, **scene: Any) -> dict[str, Any]:
+        return {"action_name": action, "action_info": {"scene": scene}}
+
+    made = await _post(http, url, body("QR_LIMIT_STR_SCENE", scene_str="G0101"), access_token=token)
+    assert "expire_seconds" not in made
+    for bad in (
+        body("QR_LIMIT_STR_SCENE", scene_str="G" * 65),
+        body("QR_LIMIT_STR_SCENE", scene_str=""),
+        body("QR_LIMIT_SCENE", scene_id=100001),
+        body("QR_FOREVER", scene_str="G0101"),
+    ):
+        assert (await _post(http, url, bad, access_token=token))["errcode"] == 40097
+    assert fake.qrcodes == [
+        {
+            "action_name": "QR_LIMIT_STR_SCENE",
+            "scene": "G0101",
+            "ticket": made["ticket"],
+            "url": made["url"],
+        }
+    ]
+    assert len(fake.calls_to("/cgi-bin/qrcode/create")) == 5
+
+
 async def test_every_call_is_recorded_including_token_and_unknown_paths(
     fake: FakeWeChat, http: aiohttp.ClientSession
 ) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from flows.roster import RosterError, import_roster
+from flows.roster import RosterError, describe_problem, import_roster
+from flows.texts import Texts
 from storage import repo
 from storage.models import AuditEntry, Household, Person, PersonRole, Region
 
@@ -116,9 +117,8 @@ async def test_each_bad_people_row_is_reported_and_nothing_written(
     async with db.write() as conn:
         report = await import_roster(conn, path)
     assert len(report.errors) == 1
-    line, message = report.errors[0]
-    assert line == 3
-    assert problem in message
+    assert report.errors[0].line == 3
+    assert problem in describe_problem(Texts(), report.errors[0])
     assert not report.written and report.created == 0
     assert await table_counts(db) == before
 
@@ -146,9 +146,9 @@ async def test_regions_are_checked_against_the_tree(demo, db, tmp_path):
     before = await table_counts(db)
     async with db.write() as conn:
         report = await import_roster(conn, path)
-    assert [line for line, _ in report.errors] == [5, 6, 7, 8, 9, 10, 11, 12, 13]
-    messages = dict(report.errors)
-    assert "grid 不能挂在 street 之下" in messages[5]
+    assert [p.line for p in report.errors] == [5, 6, 7, 8, 9, 10, 11, 12, 13]
+    messages = {p.line: describe_problem(Texts(), p) for p in report.errors}
+    assert "网格不能直接挂在街道之下" in messages[5]
     assert "重复" in messages[6]
     assert "乡镇" in messages[7]
     assert "NOPE" in messages[10]

@@ -20,6 +20,9 @@ Outbound (the outbox sender for channel ``wechat_mp``; targets are openids):
 - ``payload["template"] = {"template_id", "data", "url"?, "miniprogram"?}``: template message;
 - ``payload["subscribe"] = {"template_id", "data", "page"?, "miniprogram"?}``: subscribe message
   (``/cgi-bin/message/subscribe/bizsend``).
+
+Other calls: :meth:`WeChatMPChannel.create_permanent_qrcode` (``/cgi-bin/qrcode/create``) makes
+a grid poster's parametric QR code.
 """
 
 from __future__ import annotations
@@ -238,6 +241,24 @@ class WeChatMPChannel(WxCallback):
             f"errcode {refused.errcode}: {refused.errmsg}; no fallback configured "
             "(channels.wechat_mp.fallback_template_id or fallback_subscribe_template_id)"
         )
+
+    # -- other calls -------------------------------------------------------------------------
+
+    async def create_permanent_qrcode(self, scene: str) -> tuple[str, str]:
+        """Create a permanent string-scene QR code (``QR_LIMIT_STR_SCENE``): (ticket, url).
+
+        Scanning it subscribes with ``EventKey = qrscene_<scene>``.  The account may make a
+        limited number of these, so callers store the answer.  Raises ``WxApiError`` or
+        ``WxUnavailable``.
+        """
+        answer = await self.api.post(
+            "/cgi-bin/qrcode/create",
+            {"action_name": "QR_LIMIT_STR_SCENE", "action_info": {"scene": {"scene_str": scene}}},
+        )
+        ticket, url = answer.get("ticket"), answer.get("url")
+        if not (isinstance(ticket, str) and ticket and isinstance(url, str) and url):
+            raise WxUnavailable("qrcode/create answered without ticket or url")
+        return ticket, url
 
     async def _send_template(self, openid: str, template: dict[str, Any]) -> SendResult:
         answer = await self.api.post(

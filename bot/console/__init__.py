@@ -66,8 +66,9 @@ from aiohttp import web
 from cryptography.fernet import Fernet
 
 from bot.config import Config
-from bot.console import audit_log, auth, checkin, overview, requests
+from bot.console import audit_log, auth, checkin, overview, people, requests
 from bot.console.site import Console
+from bot.posters import GridQrCodes
 from flows.texts import Texts
 from storage.db import Database
 
@@ -78,15 +79,22 @@ PAGES: list[Callable[[Console], None]] = [
     overview.install,
     checkin.install,
     requests.install,
+    people.install,
     audit_log.install,
 ]
 """Every page module's ``install``; the navigation follows this order."""
 
 
 def install_console(
-    app: web.Application, config: Config, db: Database, wake_delivery: Callable[[], None]
+    app: web.Application,
+    config: Config,
+    db: Database,
+    wake_delivery: Callable[[], None],
+    qrcodes: GridQrCodes | None = None,
 ) -> Console | None:
-    """Mount the console under ``config.console.path`` (nothing when it is disabled)."""
+    """Mount the console under ``config.console.path`` (nothing when it is disabled).
+
+    ``qrcodes`` makes grid QR codes for the poster pages (None: posters without codes)."""
     settings = config.console
     if not settings.enabled:
         return None
@@ -99,7 +107,12 @@ def install_console(
             "(set GRIDBOT_CONSOLE_KEY)"
         )
     console = Console(
-        config=config, db=db, texts=Texts(), wake_delivery=wake_delivery, session_key=key
+        config=config,
+        db=db,
+        texts=Texts(),
+        wake_delivery=wake_delivery,
+        session_key=key,
+        qrcodes=qrcodes,
     )
     for install in PAGES:
         install(console)

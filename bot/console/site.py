@@ -29,6 +29,7 @@ from jinja2 import FileSystemLoader, StrictUndefined, pass_context, select_autoe
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.config import Config
+from bot.posters import GridQrCodes
 from flows.texts import TEMPLATE_ROOT, Texts
 from storage import console as store
 from storage import repo
@@ -104,6 +105,10 @@ class Console:
     texts: Texts
     wake_delivery: Callable[[], None]
     session_key: bytes
+    qrcodes: GridQrCodes | None = None
+    """Grid QR codes for the poster pages (None without the official account wiring)."""
+    max_upload_bytes: int = 1024**2
+    """Largest multipart form body; a page module that takes files raises it."""
     routes: list[web.RouteDef] = field(default_factory=list)
     nav: list[NavItem] = field(default_factory=list)
 
@@ -383,24 +388,39 @@ def now() -> datetime:
 @web.middleware
 async def _csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every unsafe request carries the session's token, as a form field or a header."""
-    if request.method in UNSAFE_METHODS:
-        session = await get_session(request)
-        expected = session.get("csrf")
-        given = request.headers.get(CSRF_HEADER)
-        if given is None and request.content_type in (
-            "application/x-www-form-urlencoded",
-            "multipart/form-data",
-        ):
-            form = await request.post()
-            value = form.get(CSRF_FIELD)
-            given = value if isinstance(value, str) else None
-        if not (
-            isinstance(expected, str)
-            and isinstance(given, str)
-            and hmac.compare_digest(expected.encode(), given.encode())
-        ):
-            raise PageError(403, "csrf")
-    return await handler(request)
+    if request.method not in UNSAFE_METHODS:
+        return await handler(request)
+    session = await get_session(request)
+    if request.content_type != "multipart/form-data":
+        await _check_csrf(request, session)
+        return await handler(request)
+    # An upload may exceed the app's 1 MiB body limit: read it through a clone allowed
+    # ``max_upload_bytes`` (the session object is shared, so what the page flashes is saved).
+    upload = request.clone(client_max_size=request.app[CONSOLE].max_upload_bytes)
+    try:
+        await _check_csrf(upload, session)
+        return await handler(upload)
+    finally:
+        # aiohttp releases the form's temporary files only for the request it created.
+        upload._finish()
+
+
+async def _check_csrf(request: web.Request, session: Session) -> None:
+    expected = session.get("csrf")
+    given = request.headers.get(CSRF_HEADER)
+    if given is None and request.content_type in (
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ):
+        form = await request.post()
+        value = form.get(CSRF_FIELD)
+        given = value if isinstance(value, str) else None
+    if not (
+        isinstance(expected, str)
+        and isinstance(given, str)
+        and hmac.compare_digest(expected.encode(), given.encode())
+    ):
+        raise PageError(403, "csrf")
 
 
 @web.middleware

@@ -21,6 +21,10 @@ handling:
 - ``{"json": {...}}``: answer exactly that JSON;
 - ``{"delay": 2.0}``: wait, then go on (combine with any of the others, e.g. a slow 503);
 - ``{"disconnect": True}``: drop the connection without answering.
+
+``/cgi-bin/qrcode/create`` issues a ticket and a ``http://weixin.qq.com/q/<ticket>`` URL and
+keeps every code it made in ``fake.qrcodes`` (scene strings of 1 to 64 characters, numeric
+scenes of 1 to 100000 for permanent codes, as Tencent documents).
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ class FakeWeChat:
     calls: list[RecordedCall] = field(default_factory=list)
     base_url: str = ""
     chats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    qrcodes: list[dict[str, Any]] = field(default_factory=list)
     _tokens: dict[str, _Token] = field(default_factory=dict)
     _scripts: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
     _robot_sent: dict[str, deque[float]] = field(default_factory=dict)
@@ -307,12 +312,20 @@ class FakeWeChat:
         if action not in ("QR_SCENE", "QR_STR_SCENE", "QR_LIMIT_SCENE", "QR_LIMIT_STR_SCENE"):
             return _tencent(40097, "invalid action_name")
         scene = (body.get("action_info") or {}).get("scene") or {}
-        if not (scene.get("scene_id") or scene.get("scene_str")):
-            return _tencent(40097, "missing scene")
+        if action.endswith("STR_SCENE"):
+            value = scene.get("scene_str")
+            if not isinstance(value, str) or not 1 <= len(value) <= 64:
+                return _tencent(40097, "invalid scene_str")
+        else:
+            value = scene.get("scene_id")
+            high = 100000 if action == "QR_LIMIT_SCENE" else 2**32 - 1
+            if not isinstance(value, int) or not 1 <= value <= high:
+                return _tencent(40097, "invalid scene_id")
         ticket = f"fake-ticket-{self._next_id()}"
         answer: dict[str, Any] = {"ticket": ticket, "url": f"http://weixin.qq.com/q/{ticket}"}
         if not action.startswith("QR_LIMIT"):
             answer["expire_seconds"] = int(body.get("expire_seconds") or 60)
+        self.qrcodes.append({"action_name": action, "scene": value, **answer})
         return web.json_response(answer)
 
     # --- WeCom ----------------------------------------------------------------------------
