@@ -452,9 +452,41 @@ async def group_into_review(
     settings: Any,
     now: datetime,
 ) -> int:
-    """The review item for an unanswered question: a near-identical pending one, or a new one."""
-    config = settings.rumors
+    """The review item for an unanswered question: a near-identical pending one, or a new one.
+
+    Counting into an existing item needs no lock (one atomic update of its row).  Creating an
+    item does: two near-identical questions asked at once (two lanes, two processes) would
+    otherwise both find nothing and both create one.  So a question that found no pending
+    item takes the grouping lock, looks again (the lock's previous holder has committed its
+    new item by then), and only then creates one.
+    """
     grams = head_bigrams(normalized)
+    item_id = await _count_into_nearest(
+        conn, grams, person_id=person_id, settings=settings, now=now
+    )
+    if item_id is not None:
+        return item_id
+    await store.lock_review_grouping(conn)
+    item_id = await _count_into_nearest(
+        conn, grams, person_id=person_id, settings=settings, now=now
+    )
+    if item_id is not None:
+        return item_id
+    return await store.insert_item(
+        conn, text=normalized[:MAX_QUESTION_TEXT], sample=raw[:MAX_QUESTION_TEXT], now=now
+    )
+
+
+async def _count_into_nearest(
+    conn: AsyncConnection,
+    grams: frozenset[str],
+    *,
+    person_id: int,
+    settings: Any,
+    now: datetime,
+) -> int | None:
+    """Count the question into the most similar pending item, if one is similar enough."""
+    config = settings.rumors
     candidates = await store.recent_pending_items(
         conn, since=now - timedelta(days=config.group_window_days), limit=config.group_candidates
     )
@@ -463,12 +495,11 @@ async def group_into_review(
         score = resemblance(grams, head_bigrams(item.text))
         if score > best:
             best_id, best = item.id, score
-    if best_id is not None and best >= config.group_similarity:
-        await store.count_into_item(conn, best_id, person_id=person_id, now=now)
-        return int(best_id)
-    return await store.insert_item(
-        conn, text=normalized[:MAX_QUESTION_TEXT], sample=raw[:MAX_QUESTION_TEXT], now=now
-    )
+    if best_id is None or best < config.group_similarity:
+        return None
+    if not await store.count_into_item(conn, best_id, person_id=person_id, now=now):
+        return None  # closed by a reviewer since it was read: the question starts a new item
+    return int(best_id)
 
 
 # -- the conversation ------------------------------------------------------------------------
