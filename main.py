@@ -1,13 +1,16 @@
-"""gridbot command line: serve, db upgrade, seed-demo, import-roster, token create, simulate."""
+"""gridbot command line: serve, db upgrade, seed-demo, import-roster, token create, user,
+simulate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
@@ -16,13 +19,15 @@ from bot.api import create_token
 from bot.app import build_runtime, create_app
 from bot.channels.simulator import CHANNEL as SIM_CHANNEL
 from bot.config import Config, ConfigError, load_config
+from bot.console.passwords import PasswordRefused, hash_password, set_password
 from bot.messages import Inbound
 from flows.roster import RosterError, import_roster
 from storage import repo
+from storage.console import credentials
 from storage.db import Database
 from storage.migrate import upgrade_database
-from storage.models import SimMessage, utcnow
-from storage.seed import seed_demo, seed_demo_clarifications
+from storage.models import PersonRole, SimMessage, utcnow
+from storage.seed import DEMO_PASSWORD, seed_demo, seed_demo_clarifications, seed_demo_passwords
 
 log = logging.getLogger("gridbot")
 
@@ -32,6 +37,8 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     print(f"gridbot serving on http://{host}:{port}")
     if config.channels.simulator.enabled:
         print(f"simulator: http://{host}:{port}{config.channels.simulator.path}")
+    if config.console.enabled:
+        print(f"console: http://{host}:{port}{config.console.path}/")
     web.run_app(
         create_app(config),
         host=host,
@@ -58,13 +65,115 @@ def cmd_seed_demo(config: Config, args: argparse.Namespace) -> int:
                     return 0 if args.if_empty else 1
                 city = await seed_demo(conn, residents=args.residents)
                 await seed_demo_clarifications(conn, db, admin_id=city.admin_id)
+                staff = await seed_demo_passwords(conn, city, hash_password)
+                phones = await _phones(conn, staff)
         finally:
             await db.dispose()
         print(f"demo city seeded: {len(city.grids)} grids, {len(city.resident_ids)} residents")
         print("grid codes: " + ", ".join(g.code for g in city.grids))
+        _print_demo_logins(config, phones)
         return 0
 
     return asyncio.run(run())
+
+
+async def _phones(conn: Any, person_ids: list[int]) -> list[tuple[str, str]]:
+    """(name, phone) of some people, in the order given."""
+    result = []
+    for person_id in person_ids:
+        person = await repo.load_person(conn, person_id)
+        if person is not None and person.phone:
+            result.append((person.name, person.phone))
+    return result
+
+
+def _print_demo_logins(config: Config, phones: list[tuple[str, str]]) -> None:
+    if not config.console.enabled or not phones:
+        return
+    name, phone = phones[0]
+    print(f"console demo login: {phone} / {DEMO_PASSWORD} ({name}, district admin);")
+    print(f"  every demo warden and the doctor have the password {DEMO_PASSWORD} too")
+
+
+def cmd_demo_logins(config: Config, args: argparse.Namespace) -> int:
+    """Print the console address and the demo staff logins (``make run`` shows them)."""
+
+    async def run() -> int:
+        db = Database(config.database.url)
+        try:
+            async with db.read() as conn:
+                admins = await _demo_admins(conn)
+                phones = await _phones(conn, admins)
+        finally:
+            await db.dispose()
+        host, port = config.server.host, config.server.port
+        if config.console.enabled:
+            print(f"console: http://{host}:{port}{config.console.path}/")
+        _print_demo_logins(config, phones)
+        return 0
+
+    return asyncio.run(run())
+
+
+async def _demo_admins(conn: Any) -> list[int]:
+    """The first admin with a console password (the demo's admin after seed-demo)."""
+    roles = PersonRole.__table__
+    rows = await conn.execute(
+        select(credentials.c.person_id)
+        .join(roles, roles.c.person_id == credentials.c.person_id)
+        .where(roles.c.role == "admin")
+        .order_by(credentials.c.person_id)
+        .limit(1)
+    )
+    return [r.person_id for r in rows]
+
+
+def cmd_user_set_password(config: Config, args: argparse.Namespace) -> int:
+    """Set a staff member's console password, read from a prompt or stdin (never argv)."""
+
+    async def run() -> int:
+        db = Database(config.database.url)
+        try:
+            async with db.read() as conn:
+                if args.person is not None:
+                    person_ids = [args.person]
+                else:
+                    person_ids = await repo.find_people_by_phone(conn, args.phone)
+            if not person_ids:
+                print(f"no person with phone {args.phone}", file=sys.stderr)
+                return 1
+            if len(person_ids) > 1:
+                listed = ", ".join(str(i) for i in person_ids)
+                print(
+                    f"several people have phone {args.phone} (ids {listed}); use --person ID",
+                    file=sys.stderr,
+                )
+                return 1
+            password = _read_password()
+            if password is None:
+                print("no password given (the two entries differ?)", file=sys.stderr)
+                return 1
+            try:
+                await set_password(db, person_ids[0], password)
+            except (PasswordRefused, LookupError) as exc:
+                print(str(exc), file=sys.stderr)
+                return 1
+        finally:
+            await db.dispose()
+        print(f"password set for person {person_ids[0]} (earlier console sessions ended)")
+        return 0
+
+    return asyncio.run(run())
+
+
+def _read_password() -> str | None:
+    """From a prompt (asked twice) on a terminal, else the first line of stdin."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("new console password: ")
+        second = getpass.getpass("again: ")
+        return first if first == second else None
+    line = sys.stdin.readline()
+    return line.rstrip("\r\n") or None
 
 
 def cmd_import_roster(config: Config, args: argparse.Namespace) -> int:
@@ -218,6 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--label", default="")
     create.add_argument("--days", type=int, default=None, help="expire after this many days")
     create.set_defaults(func=cmd_token_create)
+
+    user = sub.add_parser("user", help="console users")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    set_pw = user_sub.add_parser(
+        "set-password",
+        help="set a staff member's console password (prompted, or the first line of stdin)",
+    )
+    who = set_pw.add_mutually_exclusive_group(required=True)
+    who.add_argument("--phone", help="the person's phone number")
+    who.add_argument("--person", type=int, help="person id")
+    set_pw.set_defaults(func=cmd_user_set_password)
+    demo_logins = user_sub.add_parser("demo-logins", help="print the console demo logins")
+    demo_logins.set_defaults(func=cmd_demo_logins)
 
     simulate = sub.add_parser("simulate", help="chat in the terminal as a person")
     simulate.add_argument(

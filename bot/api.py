@@ -285,7 +285,7 @@ class Api:
             )
         seen: dict[int, repo.RegionInfo] = {}
         async with self.db.read() as conn:
-            for root in _roots(person.scope_regions(*STAFF_ROLES)):
+            for root in repo.scope_roots(person.scope_regions(*STAFF_ROLES)):
                 for region in await repo.list_subregions(conn, root, level=level):
                     seen[region.id] = region
         return _json({"regions": [_region_json(r) for r in seen.values()]})
@@ -317,7 +317,7 @@ class Api:
                 region_id=region.id,
                 detail={"count": len(rows)},
             )
-        full_phone = _sees_full_phone(person, region)
+        full_phone = repo.sees_full_phone(person, region)
         items = [
             {
                 "id": r.id,
@@ -354,7 +354,7 @@ class Api:
                 region_id=target.region.id,
             )
             household = await repo.household_label(conn, target.household_id)
-        full_phone = _sees_full_phone(person, target.region)
+        full_phone = repo.sees_full_phone(person, target.region)
         return _json(
             {
                 "id": target.id,
@@ -370,27 +370,12 @@ class Api:
 
 async def scoped_region(conn: Any, person: repo.PersonInfo, code: str) -> repo.RegionInfo:
     """The region with ``code`` if it lies in the caller's scope; 404 or 403 otherwise."""
-    region = await repo.get_region_by_code(conn, code)
-    if region is None:
-        raise ApiError(404, "unknown_region", f"no region with code {code!r}")
-    if not person.can_act_on(region, *STAFF_ROLES):
-        raise ApiError(403, "out_of_scope", f"region {code} is outside your scope")
-    return region
-
-
-def _sees_full_phone(person: repo.PersonInfo, region: repo.RegionInfo) -> bool:
-    """Only the responsible warden sees full phone numbers (minimum necessary)."""
-    return person.can_act_on(region, Role.WARDEN)
-
-
-def _roots(regions: list[repo.RegionInfo]) -> list[repo.RegionInfo]:
-    """Drop repeats and regions that lie under another one of the list.
-
-    A person can hold two roles on one region: those scopes are equal regions that contain each
-    other, so compare by id, or both would be dropped.
-    """
-    unique = list({r.id: r for r in regions}.values())
-    return [r for r in unique if not any(o.id != r.id and o.contains(r) for o in unique)]
+    try:
+        return await repo.region_in_scope(conn, person, code, *STAFF_ROLES)
+    except repo.RegionNotFound:
+        raise ApiError(404, "unknown_region", f"no region with code {code!r}") from None
+    except repo.OutOfScope:
+        raise ApiError(403, "out_of_scope", f"region {code} is outside your scope") from None
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

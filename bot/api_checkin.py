@@ -124,8 +124,7 @@ class CheckinApi:
         code = request.query.get("region") or person.scope_regions(*STAFF_ROLES)[0].code
         async with self.db.write() as conn:
             region = await scoped_region(conn, person, code)
-            counts = {c.region_id: c for c in await store.day_counts(conn, [region.path], day)}
-            grids = await repo.list_subregions(conn, region, level="grid")
+            grids = await store.grid_day_counts(conn, [region], day)
             await repo.record_audit(
                 conn,
                 actor_id=person.id,
@@ -135,22 +134,20 @@ class CheckinApi:
                 region_id=region.id,
                 detail={"date": day.isoformat()},
             )
-        items = []
-        for grid in sorted(grids, key=lambda g: g.code):
-            c = counts.get(grid.id) or store.DayCounts(grid.id, 0, 0, 0, 0, 0)
-            items.append(
-                {
-                    "grid": grid.code,
-                    "name": grid.name,
-                    "residents": c.total,
-                    "complete": c.complete,
-                    "incomplete": c.incomplete,
-                    "missing": c.missing,
-                    "moderate": c.moderate,
-                    "high": c.high,
-                    "rate": round(c.complete / c.total, 4) if c.total else None,
-                }
-            )
+        items = [
+            {
+                "grid": grid.code,
+                "name": grid.name,
+                "residents": c.total,
+                "complete": c.complete,
+                "incomplete": c.incomplete,
+                "missing": c.missing,
+                "moderate": c.moderate,
+                "high": c.high,
+                "rate": round(c.complete / c.total, 4) if c.total else None,
+            }
+            for grid, c in grids
+        ]
         return _json({"date": day.isoformat(), "region": region.code, "grids": items})
 
 

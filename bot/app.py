@@ -29,6 +29,7 @@ from bot.channels.wechat_mp import WeChatMPChannel
 from bot.channels.wecom import WeComChannel
 from bot.checkin_jobs import checkin_jobs
 from bot.config import Config
+from bot.console import install_console
 from bot.delivery import DeliveryWorker
 from bot.dispatcher import Dispatcher
 from bot.errors import ErrorReporter
@@ -167,6 +168,7 @@ async def create_app(config: Config, *, run_workers: bool = True) -> web.Applica
         app.add_routes(channel.routes())
     app.add_routes(rt.api.routes())
     app.add_routes([web.get("/healthz", _health), web.get("/", _home)])
+    install_console(app, config, rt.db, rt.delivery.wake)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         rt.committer.start()

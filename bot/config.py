@@ -6,6 +6,8 @@ with one line naming the key, and start-up stops there.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from pathlib import Path
@@ -254,6 +256,52 @@ class RumorsConfig(_Section):
         return self
 
 
+class ConsoleConfig(_Section):
+    """The web console for wardens, doctors and admins (``bot.console``)."""
+
+    enabled: bool = True
+    path: str = "/console"
+    """URL prefix of every console page."""
+    session_key: str = ""
+    """Fernet key (32 url-safe base64-encoded bytes) that signs and encrypts session cookies.
+    Empty: a key is made per process, so sessions end at restart and do not span processes."""
+    session_max_age_s: int = Field(8 * 3600, ge=60)
+    """A login lasts this long; then the user signs in again."""
+    secure_cookie: bool = False
+    """Send the session cookie over HTTPS only (set it behind TLS)."""
+    login_window_s: int = Field(900, ge=10)
+    max_failures_per_account: int = Field(5, ge=1)
+    """Failed logins of one account within the window before it is refused for a while."""
+    max_failures_per_address: int = Field(20, ge=1)
+    """Failed logins from one client address within the window (any account)."""
+    page_size: int = Field(50, ge=5, le=500)
+    """Rows per page of long tables (check-in board, audit log)."""
+
+    @field_validator("path")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.startswith("/") or value.endswith("/") or len(value) < 2:
+            raise ValueError("must start with / and not end with / (e.g. /console)")
+        return value
+
+    @field_validator("session_key")
+    @classmethod
+    def _fernet_key(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            raw = base64.urlsafe_b64decode(value.encode("ascii"))
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise ValueError(
+                "must be a Fernet key: 32 bytes in url-safe base64 (44 characters); make one "
+                "with: python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'"
+            )
+        return value
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -267,6 +315,7 @@ class Config(_Section):
     requests: RequestsConfig = RequestsConfig()
     checkin: CheckinConfig = CheckinConfig()
     rumors: RumorsConfig = RumorsConfig()
+    console: ConsoleConfig = ConsoleConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("timezone")

@@ -169,6 +169,51 @@ async def _grid_pushes(
     return count
 
 
+@dataclass(frozen=True, slots=True)
+class Reminded:
+    """What :func:`remind_grid_now` did: ``queued`` reminders, due at ``send_at`` (the end of
+    quiet hours when asked during them); ``held`` when that would only be tomorrow, so none
+    were queued."""
+
+    queued: int
+    send_at: datetime
+    held: bool = False
+
+
+async def remind_grid_now(
+    db: Database,
+    cfg: CheckinConfig,
+    tz: ZoneInfo,
+    texts: Texts,
+    grid: repo.RegionInfo,
+    now: datetime,
+) -> Reminded:
+    """A staff member's "remind those who have not checked in" for one grid, outside the
+    schedule: the same reminder text and the same bulk push as a scheduled reminder.
+
+    The outbox key carries the hour, so pressing the button twice (or two staff members
+    pressing it) within one hour reminds each resident once."""
+    local = local_time(now, tz)
+    async with db.read() as conn:
+        schedule = await schedule_of(conn, cfg, grid)
+    send_at = quiet_end(local, schedule.quiet_hours)
+    if send_at.date() != local.date():
+        return Reminded(0, send_at, held=True)
+    async with db.write() as conn:
+        queued = await store.queue_grid_push(
+            conn,
+            db.insert_ignore(store.outbox),
+            grid_ids=[grid.id],
+            day=local.date(),
+            kind=f"remind{local:%H}",
+            text=texts.render("checkin/reminder"),
+            not_before=send_at,
+            only_missing=True,
+        )
+    log.info("check-in reminder on demand for grid %s: %d queued", grid.code, queued)
+    return Reminded(queued, send_at)
+
+
 async def _summaries(
     db: Database,
     cfg: CheckinConfig,

@@ -49,6 +49,7 @@ from storage.models import (
     UTCDateTime,
     utcnow,
 )
+from storage.repo import RegionInfo, list_subregions
 
 records = CheckinRecord.__table__
 alerts = CheckinAlert.__table__
@@ -622,6 +623,8 @@ class MissingPerson:
     region_name: str
     incomplete: bool
     """They started but left an incomplete record."""
+    phone: str | None = None
+    """Shown in full to the responsible warden only (``repo.sees_full_phone``)."""
 
 
 async def missing_people(
@@ -636,6 +639,7 @@ async def missing_people(
         select(
             people.c.id,
             people.c.name,
+            people.c.phone,
             households.c.building,
             households.c.door,
             regions.c.name.label("region_name"),
@@ -675,10 +679,78 @@ async def missing_people(
         ).scalars()
     )
     page = [
-        MissingPerson(r.id, r.name, r.building, r.door, r.region_name, r.id in started)
+        MissingPerson(
+            r.id, r.name, r.building, r.door, r.region_name, r.id in started, phone=r.phone
+        )
         for r in rows
     ]
     return int(rows[0].total), page
+
+
+async def grid_day_counts(
+    conn: AsyncConnection, roots: list[RegionInfo], day: date
+) -> list[tuple[RegionInfo, DayCounts]]:
+    """Every grid under ``roots`` (by code) with its counts of ``day``; grids nobody lives in
+    get zeros.  The API's summary and the console's overview both read this."""
+    paths = [r.path for r in roots]
+    counts = {c.region_id: c for c in await day_counts(conn, paths, day)}
+    grids: dict[int, RegionInfo] = {}
+    for root in roots:
+        for grid in await list_subregions(conn, root, level="grid"):
+            grids[grid.id] = grid
+    return [
+        (grid, counts.get(grid.id) or DayCounts(grid.id, 0, 0, 0, 0, 0))
+        for grid in sorted(grids.values(), key=lambda g: g.code)
+    ]
+
+
+async def complete_by_day(
+    conn: AsyncConnection, paths: list[str], first: date, last: date
+) -> dict[date, int]:
+    """People under ``paths`` (not opted out) with a complete current record, per day of
+    ``[first, last]`` (days without any are left out)."""
+    rows = await conn.execute(
+        select(records.c.day, func.count(func.distinct(records.c.person_id)))
+        .select_from(records.join(people, people.c.id == records.c.person_id))
+        .join(regions, regions.c.id == people.c.region_id)
+        .where(
+            _in_regions(paths),
+            people.c.opted_out.is_(False),
+            records.c.day >= first,
+            records.c.day <= last,
+            records.c.replaced_at.is_(None),
+            records.c.status == CheckinStatus.COMPLETE,
+        )
+        .group_by(records.c.day)
+    )
+    return {row[0]: int(row[1]) for row in rows}
+
+
+async def open_alerts(
+    conn: AsyncConnection, paths: list[str], *, limit: int
+) -> tuple[int, list[Any]]:
+    """Alerts still open (not acknowledged) of people under ``paths``, oldest first, with how
+    many there are in all."""
+    condition = and_(_in_regions(paths), alerts.c.status == OPEN)
+    source = alerts.join(people, people.c.id == alerts.c.person_id).join(
+        regions, regions.c.id == people.c.region_id
+    )
+    total = (
+        await conn.execute(select(func.count()).select_from(source).where(condition))
+    ).scalar_one()
+    rows = await conn.execute(
+        select(
+            alerts,
+            people.c.name,
+            regions.c.code.label("region_code"),
+            regions.c.name.label("region_name"),
+        )
+        .select_from(source)
+        .where(condition)
+        .order_by(alerts.c.created_at, alerts.c.id)
+        .limit(limit)
+    )
+    return int(total), list(rows)
 
 
 async def abnormal_records(

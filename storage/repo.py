@@ -83,6 +83,54 @@ class PersonInfo:
         return self.has_role(Role.WARDEN, Role.DOCTOR, Role.ADMIN, Role.VOLUNTEER)
 
 
+# -- scope ---------------------------------------------------------------------------------
+# One copy of "may this person act on that region", shared by the REST API and the console.
+
+
+class RegionNotFound(LookupError):
+    """No region has the code asked for."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class OutOfScope(PermissionError):
+    """The region exists but lies outside every scope of the caller's roles."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+async def region_in_scope(
+    conn: AsyncConnection, person: PersonInfo, code: str, *role_names: str
+) -> RegionInfo:
+    """The region with ``code`` if ``person`` acts on it in one of ``role_names``; raises
+    ``RegionNotFound`` or ``OutOfScope`` otherwise."""
+    region = await get_region_by_code(conn, code)
+    if region is None:
+        raise RegionNotFound(code)
+    if not person.can_act_on(region, *role_names):
+        raise OutOfScope(code)
+    return region
+
+
+def scope_roots(regions: list[RegionInfo]) -> list[RegionInfo]:
+    """Drop repeats and regions that lie under another one of the list.
+
+    A person can hold two roles on one region: those scopes are equal regions that contain each
+    other, so compare by id, or both would be dropped.
+    """
+    unique = list({r.id: r for r in regions}.values())
+    return [r for r in unique if not any(o.id != r.id and o.contains(r) for o in unique)]
+
+
+def sees_full_phone(person: PersonInfo, region: RegionInfo) -> bool:
+    """Only the responsible warden sees full phone numbers (minimum necessary)."""
+    return person.can_act_on(region, Role.WARDEN)
+
+
 def new_id(result: Any) -> int:
     """The primary key an INSERT just made."""
     key = result.inserted_primary_key
@@ -561,3 +609,65 @@ async def record_audit(
             detail=detail or {},
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which audit entries to list: those about regions under ``paths`` or by people living
+    there, narrowed by actor, action prefix and a time range ``[since, until)``."""
+
+    paths: tuple[str, ...]
+    actor_id: int | None = None
+    actor_name: str | None = None
+    action: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+async def list_audit(
+    conn: AsyncConnection, f: AuditFilter, *, limit: int, offset: int
+) -> tuple[int, list[Any]]:
+    """One page of audit entries (newest first) with the actor's name and the region's code,
+    and how many match in all."""
+    if not f.paths:
+        return 0, []
+    actor = people.alias("actor")
+    actor_home = regions.alias("actor_home")
+    where = regions.c.path.startswith(f.paths[0])
+    home = actor_home.c.path.startswith(f.paths[0])
+    for path in f.paths[1:]:
+        where = where | regions.c.path.startswith(path)
+        home = home | actor_home.c.path.startswith(path)
+    conditions: list[Any] = [where | home]
+    if f.actor_id is not None:
+        conditions.append(audit.c.actor_id == f.actor_id)
+    if f.actor_name:
+        conditions.append(actor.c.name == f.actor_name)
+    if f.action:
+        conditions.append(audit.c.action.startswith(f.action, autoescape=True))
+    if f.since is not None:
+        conditions.append(audit.c.at >= f.since)
+    if f.until is not None:
+        conditions.append(audit.c.at < f.until)
+    source = (
+        audit.outerjoin(regions, regions.c.id == audit.c.region_id)
+        .outerjoin(actor, actor.c.id == audit.c.actor_id)
+        .outerjoin(actor_home, actor_home.c.id == actor.c.region_id)
+    )
+    total = (
+        await conn.execute(select(func.count()).select_from(source).where(*conditions))
+    ).scalar_one()
+    rows = await conn.execute(
+        select(
+            audit,
+            actor.c.name.label("actor_name"),
+            regions.c.code.label("region_code"),
+            regions.c.name.label("region_name"),
+        )
+        .select_from(source)
+        .where(*conditions)
+        .order_by(audit.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return int(total), list(rows)

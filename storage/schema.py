@@ -6,6 +6,7 @@ adds its module here.
 
 from storage import (
     checkin_models,  # noqa: F401
+    console_models,  # noqa: F401
     models,  # noqa: F401
     notices_models,  # noqa: F401
     requests_models,  # noqa: F401

@@ -8,13 +8,15 @@ demo person gets a simulator identity (``sim-<id>``) and every grid a simulated 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import repo
-from storage.models import RegionLevel, Role
+from storage.console import set_password_hash
+from storage.models import RegionLevel, Role, utcnow
 
 SURNAMES = (
     "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹"
@@ -133,6 +135,22 @@ async def seed_demo(
             demo.resident_ids.append(person_id)
             made += 1
     return demo
+
+
+DEMO_PASSWORD = "demo-2020"
+"""The console password of every demo staff member (printed by ``make run``; demo only)."""
+
+
+async def seed_demo_passwords(
+    conn: AsyncConnection, demo: DemoCity, hash_password: Callable[[str], str]
+) -> list[int]:
+    """Give the demo's wardens, doctor and admin the console password ``DEMO_PASSWORD``;
+    returns their ids (the admin first).  ``hash_password`` is the console's hasher, passed in
+    because storage does not reach up into the console."""
+    staff = [demo.admin_id, *demo.wardens.values(), demo.doctor_id]
+    for person_id in staff:
+        await set_password_hash(conn, person_id, hash_password(DEMO_PASSWORD), now=utcnow())
+    return staff
 
 
 DEMO_CLARIFICATIONS = [
