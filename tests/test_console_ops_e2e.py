@@ -22,6 +22,7 @@ from tests.test_console_e2e import (  # the browser and the demo server are shar
     server,  # noqa: F401  (a fixture)
 )
 
+OTHER_POST = "扩散！小区东门的快递柜检测出病毒了，这几天千万别去取快递，已经有人被隔离了。"
 POST = (
     "紧急扩散：听说明天全市地铁停运一个月，公交也要全部停开，大家赶紧囤好物资，"
     "上班的人提前请假，转给家里人！"
@@ -149,13 +150,26 @@ def test_notices_and_rumors_pages_fit_a_phone(
     server: DemoServer,  # noqa: F811
     browser: Browser,  # noqa: F811
 ) -> None:
+    for person in _residents(server, "G0201")[:3]:
+        server.chat(person, "这是真的吗 " + OTHER_POST)
     page = _page(browser, PHONE)
     _log_in(page, server)
+    # A refused form comes back with the reason, as typed.
+    page.goto(server.base + "/console/notices/new")
+    page.fill("textarea[name=text]", "今晚8点停水，请提前储水。")
+    page.uncheck("input[name=regions][value=D01]")
+    page.click("form.compose button[type=submit]")
+    assert page.is_visible("text=请至少勾选一个区域")
+    assert page.input_value("textarea[name=text]") == "今晚8点停水，请提前储水。"
+    _fits(page, PHONE, "refused compose")
+    _shoot(page, "notice-compose-refused-phone")
     [clarification] = server.query("SELECT id FROM rumor_clarifications ORDER BY id LIMIT 1")
+    [item] = server.query("SELECT id FROM rumor_review_items WHERE status = 'pending'")
     for name, path in (
         ("notice-list-phone", "/console/notices"),
         ("rumor-list-phone", "/console/rumors"),
         ("rumor-review-phone", "/console/rumors/review"),
+        ("rumor-clarify-phone", f"/console/rumors/review/{item.id}/clarify"),
         ("rumor-new-phone", "/console/rumors/new"),
         ("rumor-clarification-phone", f"/console/rumors/{clarification.id}"),
         ("rumor-report-phone", "/console/rumors/report"),

@@ -39,14 +39,20 @@ async def region_choices(
     """Every region in the user's scope (``roots`` and what lies below), tree order; without
     grids when there are more than :data:`MAX_CHOICES`."""
     found: list[RegionChoice] = []
-    for root in sorted(roots, key=lambda r: r.path):
+    for root in sorted(roots, key=_tree_order):
         top = LEVEL_ORDER.index(RegionLevel(root.level))
-        for region in await repo.list_subregions(conn, root):
+        for region in sorted(await repo.list_subregions(conn, root), key=_tree_order):
             depth = LEVEL_ORDER.index(RegionLevel(region.level)) - top
             found.append(RegionChoice(region, depth))
     if len(found) > MAX_CHOICES:
         found = [c for c in found if c.region.level != RegionLevel.GRID][:MAX_CHOICES]
     return found
+
+
+def _tree_order(region: repo.RegionInfo) -> tuple[int, ...]:
+    """Parents before their children, siblings in the order they were made ("/1/10/" after
+    "/1/9/", which a comparison of the path strings would not give)."""
+    return tuple(int(part) for part in region.path.strip("/").split("/") if part)
 
 
 def refusal_text(texts: Texts, feature: str, reason: str, values: dict[str, Any]) -> str:
