@@ -229,8 +229,10 @@ async def test_forms_without_the_csrf_token_are_refused(make_config, start_app, 
     await client.post(SEND, data=compose(token, "通知", "G0101", when="later", send_at="明天9点"))
     [notice] = await notice_rows(db)
     cancel = await client.post(f"/console/notices/{notice.id}/cancel", data={})
-    assert cancel.status == 403
+    resend = await client.post(f"/console/notices/{notice.id}/resend", data={})
+    assert cancel.status == 403 and resend.status == 403
     assert (await notice_rows(db))[0].status == "scheduled"
+    assert await outbox_of(db, notice.id, "notice+") == []
 
 
 async def _audit_rows(db, action):

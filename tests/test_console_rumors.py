@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from console_support import logged_in, start_console, without_tags
 from rumors_support import (
+    GARLIC,
     LIQUOR,
     OTHER_UNKNOWN_POST,
     SUPERMARKET,
@@ -182,6 +183,7 @@ async def test_review_queue_by_count_attach_create_and_dismiss(make_config, star
 
     form_page = await (await client.get(f"{REVIEW}/{big.id}/clarify")).text()
     assert "直升机" in form_page and 'name="publish" value="1" checked' in form_page
+    assert await count(db, audit, audit.c.action == "console.rumors.review_item") == 1
     created = await client.post(
         f"{REVIEW}/{big.id}/clarify",
         data=form(
@@ -259,20 +261,41 @@ async def test_report_by_period_and_region_within_scope(make_config, start_app, 
     assert actions.count("console") == 3
 
 
-async def test_rumor_forms_without_the_csrf_token_are_refused(make_config, start_app, demo, db):
+async def test_every_rumor_action_without_the_csrf_token_is_refused(
+    make_config, start_app, demo, db
+):
     client, _, token = await admin_console(start_app, make_config, db, demo.admin_id)
-    data = form(token, LIQUOR, publish="1")
-    del data["csrf_token"]
-    assert (await client.post(KB, data=data)).status == 403
     await client.post(KB, data=form(token, LIQUOR))
-    [row] = await rows(db, clarifications)
-    assert (await client.post(f"{KB}/{row.id}/publish", data={})).status == 403
+    await client.post(KB, data=form(token, SUPERMARKET, publish="1"))
+    draft, published = await rows(db, clarifications)
     await say(client, demo.resident_ids[0], "这是真的吗 " + UNKNOWN_POST)
     [item] = await rows(db, items)
-    attach = await client.post(f"{REVIEW}/{item.id}/attach", data={"clarification_id": row.id})
-    assert attach.status == 403
-    assert (await rows(db, clarifications))[0].status == "draft"
+    before = await count(db, audit)
+    posts = [
+        (KB, form(token, GARLIC)),
+        (f"{KB}/{draft.id}/edit", form(token, {**LIQUOR, "claim": "改过的"})),
+        (f"{KB}/{draft.id}/publish", {}),
+        (f"{KB}/{published.id}/withdraw", {}),
+        (f"{KB}/{published.id}/push", {"regions": "G0101", "individuals": "1"}),
+        (f"{REVIEW}/{item.id}/attach", {"clarification_id": str(published.id)}),
+        (f"{REVIEW}/{item.id}/clarify", form(token, GARLIC, publish="1")),
+        (f"{REVIEW}/{item.id}/dismiss", {}),
+    ]
+    for path, data in posts:
+        data = {k: v for k, v in data.items() if k != "csrf_token"}
+        page = await client.post(path, data=data)
+        assert page.status == 403, path
+        assert "请刷新页面后重试" in without_tags(await page.text())
+        wrong = await client.post(path, data={**data, "csrf_token": "x" * 43})
+        assert wrong.status == 403, path
+
+    assert [(r.status, r.claim) for r in await rows(db, clarifications)] == [
+        ("draft", LIQUOR["claim"]),
+        ("published", SUPERMARKET["claim"]),
+    ]
     assert (await rows(db, items))[0].status == "pending"
+    assert await count(db, outbox, outbox.c.ref_type == "notice") == 0
+    assert await count(db, audit) == before
 
 
 async def _grid_of(db, person_id):

@@ -27,6 +27,7 @@ from bot.console.forms import (
 from bot.console.site import (
     Console,
     PageError,
+    audit,
     console_of,
     flash,
     query_int,
@@ -569,10 +570,19 @@ async def dismiss(request: web.Request) -> web.StreamResponse:
 
 
 async def _review_item(request: web.Request, item_id: int) -> Any:
+    """A pending review item in the user's scope; what residents asked is personal data, so
+    showing it is audited."""
     console, user = console_of(request), user_of(request)
     try:
-        async with console.db.read() as conn:
+        async with console.db.write() as conn:
             item = await rumors.find_review_item(conn, user.person, item_id)
+            await audit(
+                conn,
+                request,
+                "console.rumors.review_item",
+                target_type="rumor_review_item",
+                target_id=item.id,
+            )
     except rumors.RumorRefused as refused:
         raise _page_error(console, refused) from None
     if item.status != ReviewStatus.PENDING:
