@@ -20,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from bot.api import Api
 from bot.api_checkin import install_checkin_api
 from bot.api_notices import install_notices_api
+from bot.api_quarantine import install_quarantine_api
 from bot.api_requests import install_requests_api
 from bot.api_rumors import install_rumors_api
 from bot.channels.base import Sender
@@ -140,10 +141,15 @@ async def build_runtime(config: Config, *, session: aiohttp.ClientSession | None
         delivery=delivery,
         scheduler=scheduler,
         errors=errors,
-        api=install_rumors_api(
-            install_notices_api(
-                install_checkin_api(
-                    install_requests_api(Api(db), db, config, delivery.wake), db, config
+        api=install_quarantine_api(
+            install_rumors_api(
+                install_notices_api(
+                    install_checkin_api(
+                        install_requests_api(Api(db), db, config, delivery.wake), db, config
+                    ),
+                    db,
+                    config,
+                    delivery.wake,
                 ),
                 db,
                 config,

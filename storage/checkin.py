@@ -385,6 +385,7 @@ async def create_quarantine(
     end_day: date,
     created_by: int,
     now: datetime,
+    reason: str | None = None,
 ) -> int:
     result = await conn.execute(
         insert(quarantines).values(
@@ -395,9 +396,39 @@ async def create_quarantine(
             status=ACTIVE,
             created_by=created_by,
             created_at=now,
+            reason=reason,
         )
     )
     return _new_id(result)
+
+
+async def get_quarantine(conn: AsyncConnection, quarantine_id: int) -> Any | None:
+    """One quarantine period by id (any status)."""
+    query = select(quarantines).where(quarantines.c.id == quarantine_id)
+    return (await conn.execute(query)).first()
+
+
+async def open_quarantines_in_scope(
+    conn: AsyncConnection, paths: list[str], *, limit: int, after_id: int = 0
+) -> list[Any]:
+    """Active periods (current or starting later) of people living under ``paths``, by id,
+    with the person's name, grid code and household."""
+    query = (
+        select(
+            quarantines,
+            people.c.name,
+            regions.c.code.label("region_code"),
+            households.c.building,
+            households.c.door,
+        )
+        .join(people, people.c.id == quarantines.c.person_id)
+        .join(regions, regions.c.id == people.c.region_id)
+        .outerjoin(households, households.c.id == people.c.household_id)
+        .where(_in_regions(paths), quarantines.c.status == ACTIVE, quarantines.c.id > after_id)
+        .order_by(quarantines.c.id)
+        .limit(limit)
+    )
+    return list(await conn.execute(query))
 
 
 async def set_quarantine_end(conn: AsyncConnection, quarantine_id: int, end_day: date) -> None:

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.models import Base, BigId, utcnow
 
+ACTIVE_QUARANTINE = "status = 'active'"
+
 
 class CheckinStatus:
     COMPLETE = "complete"
@@ -83,7 +85,18 @@ class Quarantine(Base):
     (exclusive: the release day)."""
 
     __tablename__ = "checkin_quarantines"
-    __table_args__ = (Index("ix_checkin_quarantines_status", "status", "end_day"),)
+    __table_args__ = (
+        Index("ix_checkin_quarantines_status", "status", "end_day"),
+        # One open period per person, even when two staff members (or the chat and the API)
+        # start one at the same moment.
+        Index(
+            "uq_checkin_quarantines_open",
+            "person_id",
+            unique=True,
+            sqlite_where=text(ACTIVE_QUARANTINE),
+            postgresql_where=text(ACTIVE_QUARANTINE),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), index=True)
@@ -94,6 +107,7 @@ class Quarantine(Base):
     created_by: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None]
+    reason: Mapped[str | None] = mapped_column(String(200))
 
 
 class CheckinRun(Base):

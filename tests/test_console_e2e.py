@@ -139,12 +139,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
     demo = DemoServer(tmp_path_factory.mktemp("e2e"), sqlite_template)
     try:
         # Some of the day's check-ins, through the simulator as residents would send them.
-        grids = {r.code: r.id for r in demo.query("SELECT id, code FROM regions WHERE level='grid'")}
+        grids = {
+            r.code: r.id for r in demo.query("SELECT id, code FROM regions WHERE level='grid'")
+        }
         residents = demo.query(
             "SELECT p.id, p.region_id FROM people p JOIN person_roles r ON r.person_id = p.id "
             "WHERE r.role = 'resident' ORDER BY p.id"
         )
-        in_grid = {code: [r.id for r in residents if r.region_id == gid] for code, gid in grids.items()}
+        in_grid = {
+            code: [r.id for r in residents if r.region_id == gid] for code, gid in grids.items()
+        }
         for pid in in_grid["G0101"][:5] + in_grid["G0102"][:2] + in_grid["G0201"][:6]:
             demo.chat(pid, "打卡", *NORMAL)
         demo.chat(in_grid["G0101"][5], "打卡", *FEVER)
@@ -217,7 +221,10 @@ def test_overview_chart_shows_each_grids_rate(server: DemoServer, browser: Brows
         _log_in(page, server)
         rate = _chart_option(page, "rate-chart")
         assert rate["series"] == [{"type": "bar", "data": rates}]
-        names = [r.name for r in server.query("SELECT name FROM regions WHERE level='grid' ORDER BY code")]
+        names = [
+            r.name
+            for r in server.query("SELECT name FROM regions WHERE level='grid' ORDER BY code")
+        ]
         assert rate["y"] == names and len(codes) == len(names)
         trend = _chart_option(page, "trend-chart")
         assert trend["series"][0]["type"] == "line" and len(trend["series"][0]["data"]) == 14
@@ -268,3 +275,70 @@ def test_phone_menu_and_sorting_and_the_board(server: DemoServer, browser: Brows
     login.goto(server.base + "/console/login")
     login.screenshot(path=str(OUTPUT / "login-phone.png"), full_page=True)
     login.context.close()
+
+
+def test_requests_board_and_timeline(server: DemoServer, browser: Browser) -> None:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    residents = [
+        r.id
+        for r in server.query(
+            "SELECT p.id FROM people p JOIN person_roles r ON r.person_id = p.id "
+            "JOIN regions g ON g.id = p.region_id "
+            "WHERE r.role = 'resident' AND g.code = 'G0101' ORDER BY p.id"
+        )
+    ]
+    [warden] = [
+        r.person_id
+        for r in server.query(
+            "SELECT r.person_id FROM person_roles r JOIN regions g ON g.id = r.scope_region_id "
+            "WHERE r.role = 'warden' AND g.code = 'G0101'"
+        )
+    ]
+    # Residents ask for help in chat, as they would.
+    server.chat(
+        residents[0],
+        "求助",
+        "1",
+        "家里老人行动不便，米和油都吃完了",
+        "大米、食用油",
+        "大米10斤，油1桶",
+        "紧急",
+    )
+    server.chat(residents[1], "求助", "2", "需要代买降压药，药店缺货", "一般")
+    server.chat(residents[2], "求助", "4", "楼下垃圾三天没人清运，气味很大", "一般")
+    numbers = [r.number for r in server.query("SELECT number FROM requests ORDER BY id")]
+    assert len(numbers) == 3
+    server.chat(warden, f"{numbers[0]} 受理", f"{numbers[0]} 备注 已电话联系，下午送到")
+
+    for name, viewport in (("phone", PHONE), ("desktop", DESKTOP)):
+        page = _page(browser, viewport)
+        _log_in(page, server)
+        page.goto(server.base + "/console/requests?region=G0101")
+        assert page.is_visible(f"text={numbers[1]}") and page.is_visible(f"text={numbers[2]}")
+        assert page.inner_text(".tab[aria-current=page] .count") == "2"
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= viewport["width"], f"{name}: board is {width}px wide"
+        page.screenshot(path=str(OUTPUT / f"requests-board-{name}.png"), full_page=True)
+
+        page.click("text=办理中")
+        page.click(f"text={numbers[0]}")
+        page.wait_for_url(f"**/requests/{numbers[0]}")
+        if name == "phone":
+            # The admin presses the warden (督办); the timeline shows it.
+            page.click("summary:has-text('督办')")
+            page.fill("textarea[name=text]", "老人独居，请今天送到")
+            page.click("button:has-text('督办')")
+            page.wait_for_url(f"**/requests/{numbers[0]}")
+            assert page.is_visible("text=已督办")
+            page.click("summary:has-text('办结并答复居民')")
+            page.click("summary:has-text('转交其他网格')")
+            assert page.is_visible("textarea[name=reply]") and page.is_visible("select[name=grid]")
+            page.evaluate("window.scrollTo(0, 0)")  # the sticky header back at the top
+            page.screenshot(path=str(OUTPUT / "request-actions-phone.png"), full_page=True)
+        timeline = page.inner_text(".timeline")
+        for step in ("提交诉求", "分派至网格", "受理", "备注", "已电话联系，下午送到", "督办"):
+            assert step in timeline, step
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= viewport["width"], f"{name}: request page is {width}px wide"
+        page.screenshot(path=str(OUTPUT / f"request-{name}.png"), full_page=True)
+        page.context.close()

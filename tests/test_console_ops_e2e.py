@@ -114,7 +114,7 @@ def test_compose_and_send_a_notice_then_see_its_receipts(
     _fits(desktop, DESKTOP, "notices")
     _shoot(desktop, "notice-list-desktop")
     desktop.click(f"text={code}")
-    desktop.click(".card-head .tabs a:has-text('未确认')")
+    desktop.click(".card-head .pills a:has-text('未确认')")
     desktop.wait_for_url("**unacked=1")
     assert desktop.locator("td.name").count() == people - 1
     _shoot(desktop, "notice-receipts-desktop")

@@ -141,3 +141,16 @@ async def test_set_password_by_phone_then_log_in(seeded, monkeypatch, start_app,
     response = await login(client, phone.group(1), "brand-new-pass-7")
     assert response.status == 302
     assert "区管理员" in without_tags(await (await client.get("/console/")).text())
+
+
+async def test_console_tables_match_their_migration(db):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from storage.schema import metadata
+
+    async with db.engine.connect() as conn:
+        diff = await conn.run_sync(
+            lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+        )
+    assert [d for d in diff if "console" in str(d)] == []

@@ -211,17 +211,22 @@ async def test_same_message_to_two_instances_runs_once(make_config, start_app, d
 async def test_retry_during_a_late_reply_gets_it_inline_and_nothing_is_sent_twice(
     make_config, start_app, db
 ):
-    client, rt = await start_app(make_config(conversation={"reply_budget_s": 0.3}))
+    # The flow is held until the retry is on its way, so the first attempt surely runs past its
+    # budget; the margins are wide so that a loaded machine cannot reorder the steps.
+    client, rt = await start_app(make_config(conversation={"reply_budget_s": 1.5}))
+    release = asyncio.Event()
 
     async def slow(ctx: Context) -> None:
-        await asyncio.sleep(0.45)
+        await release.wait()
         ctx.outbound.append(_text("稍等后的回复"))
 
     add_route(rt, "慢", slow)
-    first = asyncio.ensure_future(send(client, "late-1", "wx-late", "慢"))
-    await asyncio.sleep(0.32)  # the first attempt is now past its budget
-    retry = await send(client, "late-1", "wx-late", "慢")
-    assert await first == []
+    first = await send(client, "late-1", "wx-late", "慢")
+    retrying = asyncio.ensure_future(send(client, "late-1", "wx-late", "慢"))
+    await asyncio.sleep(0.5)  # the retry is now waiting on the run in flight
+    release.set()
+    retry = await retrying
+    assert first == []
     assert retry == ["稍等后的回复"]
     await rt.dispatcher.drain()
     async with db.read() as conn:

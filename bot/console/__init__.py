@@ -66,7 +66,7 @@ from aiohttp import web
 from cryptography.fernet import Fernet
 
 from bot.config import Config
-from bot.console import audit_log, auth, checkin, notices, overview, rumors
+from bot.console import audit_log, auth, checkin, notices, overview, requests, rumors
 from bot.console.site import Console
 from flows.texts import Texts
 from storage.db import Database
@@ -79,6 +79,7 @@ PAGES: list[Callable[[Console], None]] = [
     checkin.install,
     notices.install,
     rumors.install,
+    requests.install,
     audit_log.install,
 ]
 """Every page module's ``install``; the navigation follows this order."""
