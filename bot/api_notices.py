@@ -124,18 +124,18 @@ class NoticesApi:
         try:
             notices.check_sender(person)
             fields = self._fields(body, now, defaults=None)
-            async with self.db.write() as conn:
-                draft = await notices.validate(conn, person, now=now, **fields)
-                created = await notices.create_notice(
-                    conn, person, draft, settings=self.config, now=now, via="api"
-                )
+            created = await notices.submit_notice(
+                self.db,
+                person,
+                texts=self.texts,
+                settings=self.config,
+                now=now,
+                via="api",
+                **fields,
+            )
         except notices.NoticeRefused as refused:
             raise self._refusal(refused) from None
-        if draft.send_at is None:
-            await notices.queue_notice(
-                self.db, created.notice_id, texts=self.texts, settings=self.config, now=now
-            )
-            self.wake_delivery()
+        self.wake_delivery()
         async with self.db.read() as conn:
             notice = await store.get_notice(conn, created.notice_id)
             receipt = (await store.receipts(conn, [created.notice_id]))[created.notice_id]
@@ -150,38 +150,23 @@ class NoticesApi:
         limit = _int_param(request, "limit", 20, 1, MAX_LIMIT)
         before = _int_param(request, "before", MAX_ID, 1, MAX_ID)
         async with self.db.write() as conn:
-            rows = await store.list_notices(
-                conn,
-                sender_id=person.id,
-                scope_paths=[r.path for r in notices.sender_scopes(person)],
-                status=status,
-                limit=limit,
-                before_id=before,
+            rows = await notices.list_visible(
+                conn, person, status=status, limit=limit, before_id=before, via="api"
             )
-            counts = await store.receipts(conn, [r.id for r in rows])
-            await repo.record_audit(
-                conn,
-                actor_id=person.id,
-                action="api.notices.list",
-                target_type="notice",
-                detail={"count": len(rows), "status": status},
-            )
-        items = [_notice_json(r, counts[r.id]) for r in rows]
+        items = [_notice_json(row, receipt) for row, receipt in rows]
         next_before = items[-1]["id"] if len(items) == limit else None
         return _json({"notices": items, "next_before": next_before})
 
     async def get(self, request: web.Request) -> web.Response:
         person = request[CALLER]
-        async with self.db.write() as conn:
-            notice = await self._managed(conn, person, request)
-            receipt = (await store.receipts(conn, [notice.id]))[notice.id]
-            await repo.record_audit(
-                conn,
-                actor_id=person.id,
-                action="api.notices.view",
-                target_type="notice",
-                target_id=notice.id,
-            )
+        self._sender(person)
+        try:
+            async with self.db.write() as conn:
+                notice, receipt = await notices.view_notice(
+                    conn, person, _notice_id(request), via="api"
+                )
+        except notices.NoticeRefused as refused:
+            raise self._refusal(refused) from None
         return _json(_notice_json(notice, receipt))
 
     async def edit(self, request: web.Request) -> web.Response:
@@ -250,16 +235,14 @@ class NoticesApi:
         after = _int_param(request, "after", 0, 0, MAX_ID)
         async with self.db.write() as conn:
             notice = await self._managed(conn, person, request)
-            rows = await store.recipients(
-                conn, notice.id, unacked_only=raw in ("true", "1"), limit=limit, after_id=after
-            )
-            await repo.record_audit(
+            rows = await notices.list_recipients(
                 conn,
-                actor_id=person.id,
-                action="api.notices.recipients",
-                target_type="notice",
-                target_id=notice.id,
-                detail={"count": len(rows), "unacknowledged": raw in ("true", "1")},
+                person,
+                notice,
+                unacked_only=raw in ("true", "1"),
+                limit=limit,
+                after_id=after,
+                via="api",
             )
         items = [
             {
@@ -285,11 +268,8 @@ class NoticesApi:
 
     async def _managed(self, conn: Any, person: repo.PersonInfo, request: web.Request) -> Any:
         self._sender(person)
-        raw = request.match_info["id"]
-        if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
-            raise ApiError(404, "not_found", f"no notice with id {raw}")
         try:
-            return await notices.find_managed(conn, person, notice_id=int(raw))
+            return await notices.find_managed(conn, person, notice_id=_notice_id(request))
         except notices.NoticeRefused as refused:
             raise self._refusal(refused) from None
 
@@ -351,6 +331,13 @@ class NoticesApi:
             return parse_send_time(value, now, self.config.tz)
         except NoticeInputError as error:
             raise notices.NoticeRefused.from_input(error) from None
+
+
+def _notice_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
+        raise ApiError(404, "not_found", f"no notice with id {raw}")
+    return int(raw)
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

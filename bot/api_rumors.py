@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
@@ -175,11 +174,9 @@ class RumorsApi:
         return ApiError(refused.http_status, refused.reason, message)
 
     async def _after_commit(self, delivered: rumors.Delivered) -> None:
-        """Queue correction notices (page by page, like any notice) and wake delivery."""
-        for notice_id in delivered.notice_ids:
-            await notices.queue_notice(
-                self.db, notice_id, texts=self.texts, settings=self.config, now=utcnow()
-            )
+        await rumors.queue_corrections(
+            self.db, delivered, texts=self.texts, settings=self.config, now=utcnow()
+        )
         self.wake_delivery()
 
     # -- clarifications ----------------------------------------------------------------------
@@ -212,14 +209,9 @@ class RumorsApi:
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
         before = _int_param(request, "before", MAX_ID, 1, MAX_ID)
         try:
-            rumors.check_manager(person)
             async with self.db.read() as conn:
-                rows = await store.list_clarifications(
-                    conn,
-                    paths=rumors.manager_paths(person),
-                    status=status,
-                    limit=limit,
-                    before=before,
+                rows = await rumors.list_managed_clarifications(
+                    conn, person, status=status, limit=limit, before=before
                 )
                 items = [await _clarification_json(conn, row) for row in rows]
         except rumors.RumorRefused as refused:
@@ -232,35 +224,35 @@ class RumorsApi:
         cid = _id(request)
         try:
             async with self.db.read() as conn:
-                row = await rumors.find_visible(conn, person, cid)
-                data = await _clarification_json(conn, row)
-                data["history"] = [
-                    {
-                        "version": h.version,
-                        "claim": h.claim,
-                        "verdict": h.verdict,
-                        "explanation": h.explanation,
-                        "source_name": h.source_name,
-                        "source_url": h.source_url,
-                        "region_id": h.region_id,
-                        "expires_at": h.expires_at,
-                        "status": h.status,
-                        "edited_by": h.edited_by,
-                        "replaced_at": h.replaced_at,
-                    }
-                    for h in await store.list_history(conn, cid)
-                ]
-                data["pushes"] = [
-                    {
-                        "version": p.version,
-                        "notice_id": p.notice_id,
-                        "pushed_by": p.pushed_by,
-                        "pushed_at": p.pushed_at,
-                    }
-                    for p in await store.list_pushes(conn, cid)
-                ]
+                record = await rumors.read_clarification(conn, person, cid)
         except rumors.RumorRefused as refused:
             raise self._refusal(refused) from None
+        data = _record_json(record.row, record.region)
+        data["history"] = [
+            {
+                "version": h.version,
+                "claim": h.claim,
+                "verdict": h.verdict,
+                "explanation": h.explanation,
+                "source_name": h.source_name,
+                "source_url": h.source_url,
+                "region_id": h.region_id,
+                "expires_at": h.expires_at,
+                "status": h.status,
+                "edited_by": h.edited_by,
+                "replaced_at": h.replaced_at,
+            }
+            for h in record.history
+        ]
+        data["pushes"] = [
+            {
+                "version": p.version,
+                "notice_id": p.notice_id,
+                "pushed_by": p.pushed_by,
+                "pushed_at": p.pushed_at,
+            }
+            for p in record.pushes
+        ]
         return _json(data)
 
     async def edit(self, request: web.Request) -> web.Response:
@@ -378,19 +370,9 @@ class RumorsApi:
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
         offset = _int_param(request, "offset", 0, 0, 100_000)
         try:
-            rumors.check_manager(person)
-            paths = rumors.manager_paths(person)
             async with self.db.write() as conn:
-                rows = await store.list_items(
-                    conn, paths=paths, status=status, limit=limit, offset=offset
-                )
-                await repo.record_audit(
-                    conn,
-                    actor_id=person.id,
-                    action="rumor.review.list",
-                    target_type="rumor_review_item",
-                    target_id=",".join(str(r.id) for r in rows)[:64],
-                    detail={"status": status, "count": len(rows), "offset": offset},
+                rows = await rumors.list_review(
+                    conn, person, status=status, limit=limit, offset=offset, via="api"
                 )
         except rumors.RumorRefused as refused:
             raise self._refusal(refused) from None
@@ -479,37 +461,14 @@ class RumorsApi:
         config = self.config.rumors
         days = _int_param(request, "days", config.report_days, 1, 366)
         limit = _int_param(request, "limit", config.report_limit, 1, 100)
-        if not person.has_role(*rumors.REPORT_ROLES):
-            raise self._refusal(rumors.RumorRefused("not_allowed", 403))
         code = request.query.get("region")
-        now = utcnow()
-        since = now - timedelta(days=days)
-        async with self.db.write() as conn:
-            root: repo.RegionInfo | None = None
-            if code is not None:
-                root = await repo.get_region_by_code(conn, code)
-                if root is None:
-                    raise self._refusal(rumors.RumorRefused("unknown_region", code=code[:64]))
-                if not person.can_act_on(root, *rumors.REPORT_ROLES):
-                    raise ApiError(403, "out_of_scope", f"region {code} is outside your scope")
-                paths = [root.path]
-            else:
-                paths = rumors.staff_paths(person)
-                scopes = {r.path: r for r in person.scope_regions(*rumors.REPORT_ROLES)}
-                if len(paths) == 1:
-                    root = scopes[paths[0]]
-            result = await rumors.report(
-                conn, paths=paths, root=root, since=since, until=now, limit=limit
-            )
-            await repo.record_audit(
-                conn,
-                actor_id=person.id,
-                action="rumor.report",
-                target_type="region",
-                target_id=root.code if root else ",".join(paths)[:64],
-                region_id=root.id if root else None,
-                detail={"days": days, "via": "api"},
-            )
+        try:
+            async with self.db.write() as conn:
+                root, result = await rumors.report_for(
+                    conn, person, region_code=code, days=days, limit=limit, now=utcnow(), via="api"
+                )
+        except rumors.RumorRefused as refused:
+            raise self._refusal(refused) from None
         return _json(
             {
                 "region": root.code if root else None,
@@ -540,6 +499,10 @@ def _id(request: web.Request) -> int:
 
 async def _clarification_json(conn: Any, row: Any) -> dict[str, Any]:
     region = await repo.get_region(conn, row.region_id) if row.region_id is not None else None
+    return _record_json(row, region)
+
+
+def _record_json(row: Any, region: repo.RegionInfo | None) -> dict[str, Any]:
     return {
         "id": row.id,
         "claim": row.claim,

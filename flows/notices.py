@@ -668,6 +668,28 @@ async def queue_due_notices(
     return done
 
 
+async def submit_notice(
+    db: Database,
+    person: repo.PersonInfo | None,
+    *,
+    texts: Texts,
+    settings: Any,
+    now: datetime,
+    via: str,
+    **fields: Any,
+) -> Created:
+    """Validate and store a notice in one transaction (nothing is stored when it is refused);
+    one for now is then queued page by page.  ``fields`` are :func:`validate`'s arguments.
+    The caller wakes the delivery worker."""
+    async with db.write() as conn:
+        draft = await validate(conn, person, now=now, **fields)
+        assert person is not None  # validate refuses anyone else
+        created = await create_notice(conn, person, draft, settings=settings, now=now, via=via)
+    if draft.send_at is None:
+        await queue_notice(db, created.notice_id, texts=texts, settings=settings, now=now)
+    return created
+
+
 # -- managing sent and scheduled notices ---------------------------------------------------
 
 
@@ -690,6 +712,79 @@ async def find_managed(
     if notice is None or not can_manage(person, notice):
         raise NoticeRefused("not_found", 404, code=code or notice_id)
     return notice
+
+
+async def list_visible(
+    conn: AsyncConnection,
+    person: repo.PersonInfo,
+    *,
+    status: str | None,
+    limit: int,
+    before_id: int | None,
+    via: str,
+) -> list[tuple[Any, Receipt]]:
+    """Notices the person sent or whose audience lies in their scope, newest first, each with
+    its receipt counts; the view is audited as ``<via>.notices.list``."""
+    check_sender(person)
+    rows = await store.list_notices(
+        conn,
+        sender_id=person.id,
+        scope_paths=[r.path for r in sender_scopes(person)],
+        status=status,
+        limit=limit,
+        before_id=before_id,
+    )
+    counts = await store.receipts(conn, [r.id for r in rows])
+    await repo.record_audit(
+        conn,
+        actor_id=person.id,
+        action=f"{via}.notices.list",
+        target_type="notice",
+        detail={"count": len(rows), "status": status},
+    )
+    return [(row, counts[row.id]) for row in rows]
+
+
+async def view_notice(
+    conn: AsyncConnection, person: repo.PersonInfo, notice_id: int, *, via: str
+) -> tuple[Any, Receipt]:
+    """A notice the person may manage with its receipt counts (audited ``<via>.notices.view``)."""
+    notice = await find_managed(conn, person, notice_id=notice_id)
+    receipt = (await store.receipts(conn, [notice.id]))[notice.id]
+    await repo.record_audit(
+        conn,
+        actor_id=person.id,
+        action=f"{via}.notices.view",
+        target_type="notice",
+        target_id=notice.id,
+    )
+    return notice, receipt
+
+
+async def list_recipients(
+    conn: AsyncConnection,
+    person: repo.PersonInfo,
+    notice: Any,
+    *,
+    unacked_only: bool,
+    limit: int,
+    after_id: int,
+    via: str,
+) -> list[Any]:
+    """One page of a managed notice's recipients (names: personal data, so the view is
+    audited as ``<via>.notices.recipients``)."""
+    rows = await store.recipients(
+        conn, notice.id, unacked_only=unacked_only, limit=limit, after_id=after_id
+    )
+    await repo.record_audit(
+        conn,
+        actor_id=person.id,
+        action=f"{via}.notices.recipients",
+        target_type="notice",
+        target_id=notice.id,
+        detail={"count": len(rows), "unacknowledged": unacked_only},
+    )
+    return rows
 
 
 async def cancel_notice(

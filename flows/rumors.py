@@ -452,9 +452,41 @@ async def group_into_review(
     settings: Any,
     now: datetime,
 ) -> int:
-    """The review item for an unanswered question: a near-identical pending one, or a new one."""
-    config = settings.rumors
+    """The review item for an unanswered question: a near-identical pending one, or a new one.
+
+    Counting into an existing item needs no lock (one atomic update of its row).  Creating an
+    item does: two near-identical questions asked at once (two lanes, two processes) would
+    otherwise both find nothing and both create one.  So a question that found no pending
+    item takes the grouping lock, looks again (the lock's previous holder has committed its
+    new item by then), and only then creates one.
+    """
     grams = head_bigrams(normalized)
+    item_id = await _count_into_nearest(
+        conn, grams, person_id=person_id, settings=settings, now=now
+    )
+    if item_id is not None:
+        return item_id
+    await store.lock_review_grouping(conn)
+    item_id = await _count_into_nearest(
+        conn, grams, person_id=person_id, settings=settings, now=now
+    )
+    if item_id is not None:
+        return item_id
+    return await store.insert_item(
+        conn, text=normalized[:MAX_QUESTION_TEXT], sample=raw[:MAX_QUESTION_TEXT], now=now
+    )
+
+
+async def _count_into_nearest(
+    conn: AsyncConnection,
+    grams: frozenset[str],
+    *,
+    person_id: int,
+    settings: Any,
+    now: datetime,
+) -> int | None:
+    """Count the question into the most similar pending item, if one is similar enough."""
+    config = settings.rumors
     candidates = await store.recent_pending_items(
         conn, since=now - timedelta(days=config.group_window_days), limit=config.group_candidates
     )
@@ -463,12 +495,11 @@ async def group_into_review(
         score = resemblance(grams, head_bigrams(item.text))
         if score > best:
             best_id, best = item.id, score
-    if best_id is not None and best >= config.group_similarity:
-        await store.count_into_item(conn, best_id, person_id=person_id, now=now)
-        return int(best_id)
-    return await store.insert_item(
-        conn, text=normalized[:MAX_QUESTION_TEXT], sample=raw[:MAX_QUESTION_TEXT], now=now
-    )
+    if best_id is None or best < config.group_similarity:
+        return None
+    if not await store.count_into_item(conn, best_id, person_id=person_id, now=now):
+        return None  # closed by a reviewer since it was read: the question starts a new item
+    return int(best_id)
 
 
 # -- the conversation ------------------------------------------------------------------------
@@ -720,6 +751,55 @@ class Delivered:
     """Correction notices to regions the clarification was pushed to (queue after commit)."""
 
 
+async def queue_corrections(
+    db: Database, delivered: Delivered, *, texts: Texts, settings: Any, now: datetime
+) -> None:
+    """After the commit that set ``delivered`` in motion: queue its correction notices page by
+    page, like any notice.  The caller wakes the delivery worker."""
+    for notice_id in delivered.notice_ids:
+        await notices.queue_notice(db, notice_id, texts=texts, settings=settings, now=now)
+
+
+@dataclass(frozen=True)
+class ClarificationRecord:
+    """A clarification as managers see it: the row, its region, history and pushes."""
+
+    row: Any
+    region: repo.RegionInfo | None
+    history: list[Any]
+    pushes: list[Any]
+
+
+async def read_clarification(
+    conn: AsyncConnection, person: repo.PersonInfo, clarification_id: int
+) -> ClarificationRecord:
+    """One clarification the person may see, with the versions it replaced (newest first)
+    and the pushes of it to regions."""
+    row = await find_visible(conn, person, clarification_id)
+    region = await repo.get_region(conn, row.region_id) if row.region_id is not None else None
+    return ClarificationRecord(
+        row=row,
+        region=region,
+        history=await store.list_history(conn, row.id),
+        pushes=await store.list_pushes(conn, row.id),
+    )
+
+
+async def list_managed_clarifications(
+    conn: AsyncConnection,
+    person: repo.PersonInfo,
+    *,
+    status: str | None,
+    limit: int,
+    before: int | None,
+) -> list[Any]:
+    """Clarifications for everyone or for regions related to the person's scope, newest first."""
+    check_manager(person)
+    return await store.list_clarifications(
+        conn, paths=manager_paths(person), status=status, limit=limit, before=before
+    )
+
+
 async def edit_clarification(
     conn: AsyncConnection,
     db: Database,
@@ -949,6 +1029,32 @@ async def find_review_item(conn: AsyncConnection, person: repo.PersonInfo, item_
     if item is None or not await store.item_in_scope(conn, item_id, manager_paths(person)):
         raise RumorRefused("item_not_found", 404, id=item_id)
     return item
+
+
+async def list_review(
+    conn: AsyncConnection,
+    person: repo.PersonInfo,
+    *,
+    status: str,
+    limit: int,
+    offset: int,
+    via: str,
+) -> list[Any]:
+    """Review items asked about by people in the person's scope, most askers first.  What
+    residents asked is personal data: the view is audited."""
+    check_manager(person)
+    rows = await store.list_items(
+        conn, paths=manager_paths(person), status=status, limit=limit, offset=offset
+    )
+    await repo.record_audit(
+        conn,
+        actor_id=person.id,
+        action="rumor.review.list",
+        target_type="rumor_review_item",
+        target_id=",".join(str(r.id) for r in rows)[:64],
+        detail={"status": status, "count": len(rows), "offset": offset, "via": via},
+    )
+    return rows
 
 
 async def attach_item(
@@ -1204,6 +1310,48 @@ async def report(
         unanswered=tuple(line(k) for k in unanswered_keys),
         asks=sum(t[0] for t in totals.values()),
     )
+
+
+async def report_for(
+    conn: AsyncConnection,
+    person: repo.PersonInfo,
+    *,
+    region_code: str | None,
+    days: int,
+    limit: int,
+    now: datetime,
+    via: str,
+) -> tuple[repo.RegionInfo | None, Report]:
+    """The report for a staff member over the last ``days``: of ``region_code`` (which must
+    lie in their scope), else of their whole scope (split by the regions below it when that is
+    one region).  Audited."""
+    if not person.has_role(*REPORT_ROLES):
+        raise RumorRefused("not_allowed", 403)
+    root: repo.RegionInfo | None = None
+    if region_code is not None:
+        root = await repo.get_region_by_code(conn, region_code)
+        if root is None:
+            raise RumorRefused("unknown_region", code=region_code[:64])
+        if not person.can_act_on(root, *REPORT_ROLES):
+            raise RumorRefused("out_of_scope", 403, everyone=False)
+        paths = [root.path]
+    else:
+        paths = staff_paths(person)
+        scopes = {r.path: r for r in person.scope_regions(*REPORT_ROLES)}
+        if len(paths) == 1:
+            root = scopes[paths[0]]
+    since = now - timedelta(days=days)
+    result = await report(conn, paths=paths, root=root, since=since, until=now, limit=limit)
+    await repo.record_audit(
+        conn,
+        actor_id=person.id,
+        action="rumor.report",
+        target_type="region",
+        target_id=root.code if root else ",".join(paths)[:64],
+        region_id=root.id if root else None,
+        detail={"days": days, "via": via},
+    )
+    return root, result
 
 
 def _child_below(root: repo.RegionInfo | None, path: str) -> int | None:

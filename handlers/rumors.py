@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
 from flows import notices, rumors
 from flows.context import Context
 from handlers.router import Route, Router
-from storage import repo
 
 router = Router("rumors")
 router.features.add("rumors")
@@ -33,21 +31,17 @@ async def on_report(ctx: Context) -> None:
     person = ctx.person
     assert person is not None
     config = ctx.settings.rumors
-    paths = rumors.staff_paths(person)
-    since = ctx.now - timedelta(days=config.report_days)
-    result = await rumors.report(
-        ctx.conn, paths=paths, root=None, since=since, until=ctx.now, limit=config.report_limit
-    )
-    await repo.record_audit(
+    _, result = await rumors.report_for(
         ctx.conn,
-        actor_id=person.id,
-        action="rumor.report",
-        target_type="region",
-        target_id=",".join(paths)[:64],
-        detail={"days": config.report_days, "via": "chat"},
+        person,
+        region_code=None,
+        days=config.report_days,
+        limit=config.report_limit,
+        now=ctx.now,
+        via="chat",
     )
     labels = {
-        "since": notices.local_label(since, ctx.settings),
+        "since": notices.local_label(result.since, ctx.settings),
         "until": notices.local_label(ctx.now, ctx.settings),
     }
     if not result.answered and not result.unanswered:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, exists, func, or_, select, update
+from sqlalchemy import Table, delete, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db import Database
@@ -44,6 +44,7 @@ identities = Identity.__table__
 outbox = OutboxMessage.__table__
 
 KB_STATE_ID = 1
+REVIEW_GROUPING_LOCK = 0x72756D72  # "rumr": the advisory lock that serializes new review items
 CONTENT_FIELDS = (
     "claim",
     "verdict",
@@ -234,10 +235,27 @@ async def insert_item(conn: AsyncConnection, *, text: str, sample: str, now: dat
     )
 
 
+async def lock_review_grouping(conn: AsyncConnection) -> None:
+    """Serialize "find a near-identical pending item, else create one" until commit.
+
+    Near-identical is a similarity, not an equality, so no unique key can stop two
+    transactions from each creating an item for the same claim.  On PostgreSQL a
+    transaction-level advisory lock on one fixed key does, across processes; it is released by
+    the commit that makes the new item visible to the next holder.  SQLite write transactions
+    start with ``BEGIN IMMEDIATE`` (one writer at a time, across processes), so there the
+    serialization already holds.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": REVIEW_GROUPING_LOCK}
+        )
+
+
 async def count_into_item(
     conn: AsyncConnection, item_id: int, *, person_id: int, now: datetime
-) -> None:
-    """One more question in the item (call before the question row is written)."""
+) -> bool:
+    """One more question in the item (call before the question row is written); False, and
+    nothing counted, when the item is not pending any more (a reviewer closed it meanwhile)."""
     asked_before = (
         await conn.execute(
             select(
@@ -247,15 +265,16 @@ async def count_into_item(
             )
         )
     ).scalar()
-    await conn.execute(
+    result = await conn.execute(
         update(items)
-        .where(items.c.id == item_id)
+        .where(items.c.id == item_id, items.c.status == ReviewStatus.PENDING)
         .values(
             ask_count=items.c.ask_count + 1,
             asker_count=items.c.asker_count + (0 if asked_before else 1),
             last_asked_at=now,
         )
     )
+    return bool(result.rowcount)
 
 
 def _asked_in(paths: Sequence[str]) -> Any:

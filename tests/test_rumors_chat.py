@@ -3,6 +3,8 @@ the numbered reply, grouping of unanswered questions, scope, withdrawal and bad 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from rumors_support import (
     GARGLE,
@@ -25,6 +27,8 @@ from rumors_support import (
     rows,
     say,
 )
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from storage.rumor_models import QuestionOutcome
 
@@ -268,3 +272,103 @@ async def test_emoji_only_gets_a_polite_reply_and_nothing_is_stored(
     assert "没有看到需要核实的文字" in reply
     assert await count(db, questions) == 0
     assert await count(db, items) == 0
+
+
+async def _lock_waiters(conn) -> int:
+    """Backends of this database waiting for a lock (a table lock or an advisory lock)."""
+    found = await conn.execute(
+        text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    )
+    return int(found.scalar_one())
+
+
+async def test_concurrent_near_identical_questions_share_one_review_item_on_postgres(
+    make_config, start_app, demo, db
+):
+    """Regression: two near-identical questions asked at the same moment through different
+    processes both found no pending item and both created one.
+
+    Each question goes through its own app (its own pool and group committer, as a separate
+    process would).  The test holds ``SHARE`` on the review-item table, which lets every
+    question read the (empty) queue but not create or count into an item, and releases it
+    only once every question is waiting on a lock: the widest possible race, every time.
+    """
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL: SQLite write transactions are serialized by BEGIN IMMEDIATE")
+    config = make_config()
+    apps = [(await start_app(config))[0] for _ in range(4)]
+    askers = demo.resident_ids[:4]
+    wordings = [
+        "这是真的吗 " + UNKNOWN_POST,
+        "转发：" + UNKNOWN_POST + "😱😱 真的假的？",
+        "辟谣 " + UNKNOWN_POST,
+        UNKNOWN_POST + " 是真的吗",
+    ]
+
+    blocker = create_async_engine(db.url)
+    try:
+        async with blocker.connect() as conn:
+            await conn.execute(text("LOCK TABLE rumor_review_items IN SHARE MODE"))
+            asking = [
+                asyncio.ensure_future(say(client, person, wording))
+                for client, person, wording in zip(apps, askers, wordings, strict=True)
+            ]
+            async with blocker.connect() as watcher:
+                async with asyncio.timeout(60):  # a guard against hanging, not a measurement
+                    while await _lock_waiters(watcher) < len(asking):
+                        await watcher.commit()  # a fresh snapshot of pg_stat_activity
+                        await asyncio.sleep(0.05)
+            await conn.commit()  # releases the table lock
+            replies = await asyncio.gather(*asking)
+    finally:
+        await blocker.dispose()
+
+    assert all("核实后会告诉您" in reply for reply in replies)
+    created = await rows(db, items)
+    assert [(i.ask_count, i.asker_count, i.status) for i in created] == [(4, 4, "pending")]
+    [item] = created
+    asked = await rows(db, questions, questions.c.person_id.in_(askers))
+    assert sorted(q.person_id for q in asked) == sorted(askers)
+    assert {q.review_item_id for q in asked} == {item.id}
+
+
+async def test_question_grouped_into_an_item_a_reviewer_closes_meanwhile_starts_a_new_one(
+    make_config, start_app, demo, db
+):
+    """Regression: a question counted into an item that a reviewer attached in the same moment
+    joined the closed item, so its asker was never told.  The test's transaction stands in for
+    the reviewer's: it closes the item and commits only once the question waits for the row."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL: SQLite write transactions are serialized by BEGIN IMMEDIATE")
+    client, _ = await start_app(make_config())
+    first, second = demo.resident_ids[:2]
+    await say(client, first, "这是真的吗 " + UNKNOWN_POST)
+    [item] = await rows(db, items)
+
+    reviewer = create_async_engine(db.url)
+    try:
+        async with reviewer.connect() as conn:
+            await conn.execute(
+                text("UPDATE rumor_review_items SET status = 'dismissed' WHERE id = :id"),
+                {"id": item.id},
+            )
+            asking = asyncio.ensure_future(say(client, second, "转发：" + UNKNOWN_POST))
+            async with reviewer.connect() as watcher:
+                async with asyncio.timeout(60):  # a guard against hanging, not a measurement
+                    while await _lock_waiters(watcher) < 1:
+                        await watcher.commit()
+                        await asyncio.sleep(0.05)
+            await conn.commit()
+            reply = await asking
+    finally:
+        await reviewer.dispose()
+
+    assert "核实后会告诉您" in reply
+    closed, fresh = await rows(db, items, order=items.c.id)
+    assert (closed.id, closed.status, closed.ask_count) == (item.id, "dismissed", 1)
+    assert (fresh.status, fresh.ask_count, fresh.asker_count) == ("pending", 1, 1)
+    [question] = await rows(db, questions, questions.c.person_id == second)
+    assert question.review_item_id == fresh.id

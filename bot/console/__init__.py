@@ -66,7 +66,7 @@ from aiohttp import web
 from cryptography.fernet import Fernet
 
 from bot.config import Config
-from bot.console import audit_log, auth, checkin, overview, people, requests
+from bot.console import audit_log, auth, checkin, notices, overview, people, requests, rumors
 from bot.console.site import Console
 from bot.posters import GridQrCodes
 from flows.texts import Texts
@@ -78,6 +78,8 @@ PAGES: list[Callable[[Console], None]] = [
     auth.install,
     overview.install,
     checkin.install,
+    notices.install,
+    rumors.install,
     requests.install,
     people.install,
     audit_log.install,
