@@ -14,10 +14,10 @@ was handed to them; a resident only on their own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import unicodedata
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,7 +34,7 @@ from storage import requests_repo as rq
 from storage.db import Database
 from storage.models import Identity, Person, RegionLevel, Role
 from storage.outbox import Target, enqueue, outbox, outbox_row
-from storage.requests_models import OPEN_STATUSES, RequestStatus, VolunteerStatus
+from storage.requests_models import OPEN_STATUSES, ClockStage, RequestStatus, VolunteerStatus
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ URGENCIES = [
     Option("normal", "一般", ("不急", "普通", "不紧急", "还好", "不着急")),
 ]
 VOLUNTEER_CATEGORIES = ("supplies", "daily")
-ALERT_NUMBERS = 5  # request numbers listed in one escalation alert
 STAFF = (Role.WARDEN, Role.ADMIN)
 
 LABELS: dict[str, dict[str, str]] = {
@@ -785,44 +784,52 @@ class SweepReport:
 
 async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datetime) -> SweepReport:
     """Escalate every open request whose deadline has passed, one level up, and close resolved
-    requests the resident left unanswered; one bounded batch per transaction.
+    requests the resident left unanswered; one bounded page per transaction, and on PostgreSQL
+    ``requests.sweep_workers`` pages at a time.
 
-    Safe to run twice at once (two schedulers): each batch's UPDATE is conditional on the
-    request's current level and due escalation time, and on PostgreSQL it skips rows another
-    sweep holds.  New handlers get one alert per batch listing their requests.
+    Each page is a few set-based statements (see :func:`storage.requests_repo.escalate_due`):
+    the clocks move, the timeline rows and one alert per new handler are written in the same
+    transaction, so a crash loses nothing and a restart goes on where it stopped.  Safe to run
+    twice at once (two schedulers): a page's UPDATE is conditional on the clock's current level
+    and due time, and on PostgreSQL it skips clocks another sweep holds.
     """
     settings = config.requests
     windows: dict[tuple[str, str, str], datetime] = {}
     for category in LABELS["category"]:
         for urgency in LABELS["urgency"]:
             deadline = deadline_for(settings, category, urgency)
-            windows[(RequestStatus.PENDING, category, urgency)] = now + timedelta(
+            windows[(ClockStage.ACCEPT, category, urgency)] = now + timedelta(
                 minutes=deadline.accept_minutes
             )
-            windows[(RequestStatus.ACCEPTED, category, urgency)] = now + timedelta(
+            windows[(ClockStage.RESOLVE, category, urgency)] = now + timedelta(
                 minutes=deadline.resolve_minutes
             )
-    default_due = windows[(RequestStatus.PENDING, "other", "normal")]
+    default_due = windows[(ClockStage.ACCEPT, "other", "normal")]
     report = SweepReport()
     insert_ignore = db.insert_ignore(outbox)
     batch = settings.sweep_batch
-    while True:
-        async with db.write() as conn:
-            rows = await rq.escalate_due(
-                conn,
-                now=now,
-                windows=windows,
-                default_due=default_due,
-                batch=batch,
-                skip_locked=not db.is_sqlite,
-            )
-            if rows:
-                await _record_escalations(conn, texts, config, rows, now, insert_ignore)
-        report.batches += 1
-        report.exhausted += sum(1 for r in rows if r.escalate_at is None)
-        report.escalated += sum(1 for r in rows if r.escalate_at is not None)
-        if len(rows) < batch:
-            break
+
+    async def escalate_pages() -> None:
+        # Until a page comes back short: then every clock that was due has been moved, or is
+        # held by another worker (or another sweep), which moves it in its own page.
+        while True:
+            async with db.write() as conn:
+                groups = await rq.escalate_due(
+                    conn, now=now, windows=windows, default_due=default_due, batch=batch
+                )
+                alerts = escalation_alerts(groups, config.tz)
+                await queue_notices(conn, texts, alerts, insert_ignore)
+            report.batches += 1
+            report.escalated += sum(g.count for g in groups if g.escalated)
+            report.exhausted += sum(g.count for g in groups if not g.escalated)
+            if sum(g.count for g in groups) < batch:
+                return
+
+    # Pages claim their clocks with SKIP LOCKED, so on PostgreSQL several run at once without
+    # waiting on each other; SQLite has one writer.
+    async with asyncio.TaskGroup() as workers:
+        for _ in range(1 if db.is_sqlite else settings.sweep_workers):
+            workers.create_task(escalate_pages())
     resolved_before = now - timedelta(days=settings.auto_close_days)
     while True:
         async with db.write() as conn:
@@ -834,22 +841,7 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
                 skip_locked=not db.is_sqlite,
             )
             if closed:
-                await rq.insert_events(
-                    conn,
-                    [
-                        {
-                            "request_id": r.id,
-                            "at": now,
-                            "kind": "auto_closed",
-                            "actor_id": None,
-                            "person_id": None,
-                            "level": r.level,
-                            "text": None,
-                            "detail": {},
-                        }
-                        for r in closed
-                    ],
-                )
+                await rq.record_auto_closed(conn, [r.id for r in closed], now=now)
                 notices = [
                     Notice(
                         r.resident_id,
@@ -866,40 +858,30 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
     return report
 
 
-async def _record_escalations(
-    conn: AsyncConnection,
-    texts: Texts,
-    config: Any,
-    rows: Sequence[Any],
-    now: datetime,
-    insert_ignore: Any,
-) -> None:
-    """Timeline rows for a batch of escalations, and one alert per handler."""
-    await rq.record_sweep_events(conn, [r.id for r in rows], now=now)
-    by_handler: dict[tuple[int, bool], list[Any]] = defaultdict(list)
-    for r in rows:
-        if r.handler_id is not None:
-            by_handler[(r.handler_id, r.escalate_at is not None)].append(r)
+def escalation_alerts(groups: Sequence[rq.EscalationGroup], tz: ZoneInfo) -> list[Notice]:
+    """One alert per handler a page of the sweep moved requests to (or left them with, when
+    there was no level left).  The key names the group's first request and its escalation
+    count, which only this move produced: a retry or a second sweep cannot alert twice."""
     notices = []
-    for (handler_id, escalated), mine in by_handler.items():
-        mine.sort(key=lambda r: r.id)
-        first = mine[0]
-        kind = "escalated" if escalated else "missed"
+    for group in groups:
+        if group.handler_id is None:
+            continue
+        kind = "escalated" if group.escalated else "missed"
         notices.append(
             Notice(
-                handler_id,
-                "requests/alert_escalated" if escalated else "requests/alert_missed",
-                f"request-{kind}:{handler_id}:{first.id}:{first.escalations}",
+                group.handler_id,
+                "requests/alert_escalated" if group.escalated else "requests/alert_missed",
+                f"request-{kind}:{group.handler_id}:{group.first_id}:{group.first_escalations}",
                 {
-                    "level": LABELS["level"][first.level],
-                    "count": len(mine),
-                    "numbers": "、".join(r.number for r in mine[:ALERT_NUMBERS]),
-                    "more": len(mine) > ALERT_NUMBERS,
-                    "due": local_time(first.escalate_at, config.tz),
+                    "level": LABELS["level"][group.first_level],
+                    "count": group.count,
+                    "numbers": "、".join(group.numbers),
+                    "more": group.count > len(group.numbers),
+                    "due": local_time(group.first_escalate_at, tz),
                 },
             )
         )
-    await queue_notices(conn, texts, notices, insert_ignore)
+    return notices
 
 
 async def queue_notices(
