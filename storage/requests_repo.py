@@ -360,6 +360,8 @@ class EscalationGroup:
 
 
 ALERT_NUMBERS = 5  # request numbers listed in one escalation alert
+# A clock row's tuple id (PostgreSQL): the sweep claims rows and then updates exactly those.
+clock_tid: Any = literal_column("request_clocks.ctid")
 
 
 def _responsible(region_column: Any, role: str) -> Any:
@@ -436,6 +438,7 @@ def _escalation_steps(
                 request.c.city_id,
                 0,
             ).label("place"),
+            *([clock_tid.label("tid")] if postgres else []),
         )
         .select_from(due_from)
         .where(clocks.c.escalate_at <= now)
@@ -487,20 +490,29 @@ def _escalation_steps(
             ),
             case(*[(cond, pid) for cond, _, pid in steps], else_=None).label("new_handler"),
             _window_case(due, windows, default_due).label("next_due"),
+            *([due.c.tid] if postgres else []),
         )
         .join_from(due, chain, chain.c.place == due.c.place)
         .cte("step")
     )
 
 
-def _move_clocks(step: Any, now: datetime) -> Any:
+def _move_clocks(step: Any, now: datetime, *, postgres: bool) -> Any:
     """``UPDATE request_clocks ... FROM step``: each claimed clock one level up, or stopped
     when there is no level left.  Conditional on the clock still being at the level the step
-    was computed from and still due, so no request moves twice for one deadline."""
+    was computed from and still due, so no request moves twice for one deadline.
+
+    On PostgreSQL the clocks are fetched by the tuple ids the page claimed (a TID scan): left
+    to itself the planner reads the whole due range of the index for every page, which grows
+    with the backlog."""
     stays = step.c.new_level.is_(None)
+    claimed = (
+        [clock_tid == any_(func.array(select(step.c.tid).scalar_subquery()))] if postgres else []
+    )
     return (
         update(clocks)
         .where(
+            *claimed,
             clocks.c.request_id == step.c.request_id,
             clocks.c.level == step.c.old_level,
             clocks.c.escalate_at <= now,
@@ -606,7 +618,7 @@ async def escalate_due(
     step = _escalation_steps(
         now=now, windows=windows, default_due=default_due, batch=batch, postgres=postgres
     )
-    move = _move_clocks(step, now)
+    move = _move_clocks(step, now, postgres=postgres)
     if postgres:
         moved = move.returning(
             clocks.c.request_id,
