@@ -74,6 +74,21 @@ def channel_limits(overrides: dict[str, int]) -> dict[str, Limit]:
     return limits
 
 
+def limit_for(limits: dict[str, Limit], channel: str, kind: str) -> Limit:
+    """A target's limit: its ``channel:kind`` entry, else its channel's, else the default (the
+    same choice as a notice's text plan makes)."""
+    return limits.get(f"{channel}:{kind}") or limits.get(channel) or DEFAULT_LIMIT
+
+
+def part_labeller(texts: Texts) -> Callable[[int, int], str]:
+    """The label that starts each part of a split text: "（1/3）" and a line break."""
+
+    def label(number: int, total: int) -> str:
+        return texts.render("notices/part_label", number=number, total=total) + "\n"
+
+    return label
+
+
 _BREAKS = "\n。！？；!?;"
 
 
@@ -114,10 +129,7 @@ def split_text(text: str, limit: Limit, label: Callable[[int, int], str]) -> tup
 
 def text_plan(text: str, limits: dict[str, Limit], texts: Texts) -> TextPlan:
     """How ``text`` goes out on each channel of the table (and on any other)."""
-
-    def label(number: int, total: int) -> str:
-        return texts.render("notices/part_label", number=number, total=total) + "\n"
-
+    label = part_labeller(texts)
     return TextPlan(
         base=split_text(text, DEFAULT_LIMIT, label),
         variants=tuple((key, split_text(text, lim, label)) for key, lim in limits.items()),
