@@ -549,8 +549,9 @@ def _record_moves(moved: Any, now: datetime) -> Any:
 
 
 def _alert_rows(moved: Any) -> Any:
-    """The moved clocks grouped by (new handler, escalated or not): up to ``ALERT_NUMBERS``
-    rows per group, by request id, each with the group's size."""
+    """The moved clocks grouped by (new handler, escalated or not): one row per group with its
+    size, its first request (by id) and the first ``ALERT_NUMBERS`` request numbers, so that
+    Python reads one row per alert, not one per request."""
     group = (moved.c.handler_id, moved.c.escalate_at.is_(None))
     ranked = select(
         moved.c.request_id,
@@ -560,32 +561,45 @@ def _alert_rows(moved: Any) -> Any:
         moved.c.escalations,
         moved.c.number,
         func.row_number().over(partition_by=group, order_by=moved.c.request_id).label("rn"),
-        func.count().over(partition_by=group).label("size"),
     ).subquery("ranked")
-    return select(ranked).where(ranked.c.rn <= ALERT_NUMBERS)
+    first = ranked.c.rn == 1
+
+    def of_first(column: Any) -> Any:
+        return func.max(case((first, column)))
+
+    return select(
+        ranked.c.handler_id,
+        (func.max(case((first, ranked.c.escalate_at))).is_not(None)).label("escalated"),
+        func.count().label("size"),
+        func.min(ranked.c.request_id).label("first_id"),
+        of_first(ranked.c.level).label("first_level"),
+        of_first(ranked.c.escalations).label("first_escalations"),
+        of_first(ranked.c.escalate_at).label("first_escalate_at"),
+        *[
+            func.max(case((ranked.c.rn == n, ranked.c.number))).label(f"number_{n}")
+            for n in range(1, ALERT_NUMBERS + 1)
+        ],
+    ).group_by(ranked.c.handler_id, ranked.c.escalate_at.is_(None))
 
 
 def _groups(rows: Iterable[Any]) -> list[EscalationGroup]:
-    groups: dict[tuple[int | None, bool], list[Any]] = {}
-    for row in rows:
-        groups.setdefault((row.handler_id, row.escalate_at is not None), []).append(row)
-    found = []
-    for (handler_id, escalated), members in groups.items():
-        members.sort(key=lambda r: r.rn)
-        first = members[0]
-        found.append(
-            EscalationGroup(
-                handler_id=handler_id,
-                escalated=escalated,
-                count=int(first.size),
-                first_id=first.request_id,
-                first_level=first.level,
-                first_escalations=first.escalations,
-                first_escalate_at=first.escalate_at,
-                numbers=tuple(r.number for r in members),
-            )
+    return [
+        EscalationGroup(
+            handler_id=row.handler_id,
+            escalated=bool(row.escalated),
+            count=int(row.size),
+            first_id=int(row.first_id),
+            first_level=row.first_level,
+            first_escalations=int(row.first_escalations),
+            first_escalate_at=row.first_escalate_at,
+            numbers=tuple(
+                number
+                for n in range(1, ALERT_NUMBERS + 1)
+                if (number := getattr(row, f"number_{n}")) is not None
+            ),
         )
-    return found
+        for row in rows
+    ]
 
 
 async def escalate_due(
