@@ -15,7 +15,6 @@ was handed to them; a resident only on their own.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import unicodedata
@@ -33,8 +32,8 @@ from flows.texts import Texts
 from storage import repo
 from storage import requests_repo as rq
 from storage.db import Database
-from storage.models import Identity, Person, RegionLevel, Role, utcnow
-from storage.outbox import Target, enqueue, outbox, outbox_row, release_held, upsert_pending
+from storage.models import Identity, Person, RegionLevel, Role
+from storage.outbox import Target, enqueue, outbox, outbox_row
 from storage.requests_models import OPEN_STATUSES, ClockStage, RequestStatus, VolunteerStatus
 
 log = logging.getLogger(__name__)
@@ -813,21 +812,18 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
     async def escalate_pages() -> None:
         # Until a page comes back short: then every clock that was due has been moved, or is
         # held by another worker (or another sweep), which moves it in its own page.
-        alerts = RunAlerts(texts, config.tz)
         while True:
             async with db.write() as conn:
                 groups = await rq.escalate_due(
                     conn, now=now, windows=windows, default_due=default_due, batch=batch
                 )
-                written = await alerts.write(conn, groups)
-            alerts.keep(written)
+                alerts = escalation_alerts(groups, config.tz)
+                await queue_notices(conn, texts, alerts, insert_ignore)
             report.batches += 1
             report.escalated += sum(g.count for g in groups if g.escalated)
             report.exhausted += sum(g.count for g in groups if not g.escalated)
             if sum(g.count for g in groups) < batch:
-                break
-        async with db.write() as conn:
-            await alerts.release(conn)
+                return
 
     # Pages claim their clocks with SKIP LOCKED, so on PostgreSQL several run at once without
     # waiting on each other; SQLite has one writer.
@@ -862,132 +858,30 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
     return report
 
 
-ALERT_HOLD = timedelta(minutes=1)
-"""How long an escalation alert waits for the pages after the one that wrote it: longer than a
-page takes.  A sweep releases its alerts when it ends; one that died leaves them to go out
-when the hold is over."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunAlert:
-    """One handler's alert for what one sweep worker escalated to them (or could not escalate
-    further) in one run, as it stands after the pages so far.
-
-    Its key names the first escalation it covers (request id and escalation count), which only
-    that move produced: a retry, a restart or a second sweep cannot alert twice for it."""
-
-    key: str
-    handler_id: int
-    escalated: bool
-    count: int
-    level: str
-    due: datetime | None
-    numbers: tuple[str, ...]
-
-    @classmethod
-    def start(cls, group: rq.EscalationGroup) -> RunAlert:
-        assert group.handler_id is not None
+def escalation_alerts(groups: Sequence[rq.EscalationGroup], tz: ZoneInfo) -> list[Notice]:
+    """One alert per handler a page of the sweep moved requests to (or left them with, when
+    there was no level left).  The key names the group's first request and its escalation
+    count, which only this move produced: a retry or a second sweep cannot alert twice."""
+    notices = []
+    for group in groups:
+        if group.handler_id is None:
+            continue
         kind = "escalated" if group.escalated else "missed"
-        return cls(
-            key=f"request-{kind}:{group.handler_id}:{group.first_id}:{group.first_escalations}",
-            handler_id=group.handler_id,
-            escalated=group.escalated,
-            count=group.count,
-            level=group.first_level,
-            due=group.first_escalate_at,
-            numbers=group.numbers,
-        )
-
-    def add(self, group: rq.EscalationGroup) -> RunAlert:
-        numbers = (self.numbers + group.numbers)[: rq.ALERT_NUMBERS]
-        return dataclasses.replace(self, count=self.count + group.count, numbers=numbers)
-
-    def notice(self, tz: ZoneInfo) -> Notice:
-        return Notice(
-            self.handler_id,
-            "requests/alert_escalated" if self.escalated else "requests/alert_missed",
-            self.key,
-            {
-                "level": LABELS["level"][self.level],
-                "count": self.count,
-                "numbers": "、".join(self.numbers),
-                "more": self.count > len(self.numbers),
-                "due": local_time(self.due, tz),
-            },
-        )
-
-
-class RunAlerts:
-    """The alerts of one sweep worker's run: one per handler (and kind), not one per page.
-
-    Each page rewrites, in its own transaction, the alerts of the handlers it moved requests
-    to, held back ``ALERT_HOLD`` so that they do not go out between pages; :meth:`release`
-    makes them due when the run ends.  An alert that went out anyway (a page took longer than
-    the hold) is left alone: the handler's later escalations start a new one.  Memory grows
-    with the number of handlers, not of requests."""
-
-    def __init__(self, texts: Texts, tz: ZoneInfo) -> None:
-        self.texts = texts
-        self.tz = tz
-        self.current: dict[tuple[int, bool], RunAlert] = {}
-
-    async def write(
-        self, conn: AsyncConnection, groups: Sequence[rq.EscalationGroup]
-    ) -> dict[tuple[int, bool], RunAlert]:
-        """Write this page's alerts (in the page's transaction); returns them, for
-        :meth:`keep` once the transaction has committed."""
-        pages: dict[tuple[int, bool], rq.EscalationGroup] = {
-            (g.handler_id, g.escalated): g for g in groups if g.handler_id is not None
-        }
-        if not pages:
-            return {}
-        changed = {
-            slot: (self.current[slot].add(g) if slot in self.current else RunAlert.start(g))
-            for slot, g in pages.items()
-        }
-        hold_until = utcnow() + ALERT_HOLD
-        gone = await self._upsert(conn, changed.values(), hold_until)
-        if gone:  # already on their way: this page's escalations get alerts of their own
-            fresh = {slot: RunAlert.start(pages[slot]) for slot in gone}
-            await self._upsert(conn, fresh.values(), hold_until)
-            changed.update(fresh)
-        return changed
-
-    def keep(self, written: dict[tuple[int, bool], RunAlert]) -> None:
-        self.current.update(written)
-
-    async def release(self, conn: AsyncConnection) -> None:
-        """Make this run's alerts due now."""
-        await release_held(conn, [a.key for a in self.current.values()], at=utcnow())
-
-    async def _upsert(
-        self, conn: AsyncConnection, alerts: Iterable[RunAlert], hold_until: datetime
-    ) -> set[tuple[int, bool]]:
-        """Write ``alerts``; returns the slots whose alert had already gone out."""
-        alerts = list(alerts)
-        targets = await person_targets(conn, {a.handler_id for a in alerts})
-        rows, slots = [], {}
-        for alert in alerts:
-            target = targets.get(alert.handler_id)
-            if target is None:
-                log.info(
-                    "person %s is unreachable; alert %s not queued", alert.handler_id, alert.key
-                )
-                continue
-            notice = alert.notice(self.tz)
-            rows.append(
-                outbox_row(
-                    key=alert.key,
-                    target=target,
-                    payload={"text": self.texts.render(notice.template, **notice.values)},
-                    person_id=alert.handler_id,
-                    not_before=hold_until,
-                    ref_type="request",
-                )
+        notices.append(
+            Notice(
+                group.handler_id,
+                "requests/alert_escalated" if group.escalated else "requests/alert_missed",
+                f"request-{kind}:{group.handler_id}:{group.first_id}:{group.first_escalations}",
+                {
+                    "level": LABELS["level"][group.first_level],
+                    "count": group.count,
+                    "numbers": "、".join(group.numbers),
+                    "more": group.count > len(group.numbers),
+                    "due": local_time(group.first_escalate_at, tz),
+                },
             )
-            slots[alert.key] = (alert.handler_id, alert.escalated)
-        written = await upsert_pending(conn, rows)
-        return {slot for key, slot in slots.items() if key not in written}
+        )
+    return notices
 
 
 async def queue_notices(

@@ -34,7 +34,6 @@ identities = Identity.__table__
 groups = ChatGroup.__table__
 people = Person.__table__
 KEY_LENGTH = 200  # outbox.key
-UPSERT_CHUNK = 500  # rows per statement: 14 parameters each, under every engine's limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,40 +97,6 @@ async def enqueue(
     """Insert outbox rows; a row whose key exists already is skipped (idempotent)."""
     if rows:
         await conn.execute(insert_ignore, list(rows))
-
-
-async def upsert_pending(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
-    """Insert outbox rows; where a row with the same key exists and is still pending (a message
-    still being put together), give it the new payload and due time instead.  Returns the keys
-    written: a key whose row is already being sent, or went out, is not."""
-    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    written: set[str] = set()
-    for start in range(0, len(rows), UPSERT_CHUNK):
-        stmt = dialect.insert(outbox).values(list(rows[start : start + UPSERT_CHUNK]))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["key"],
-            set_={
-                "payload": stmt.excluded.payload,
-                "next_attempt_at": stmt.excluded.next_attempt_at,
-            },
-            where=outbox.c.status == OutboxStatus.PENDING,
-        ).returning(outbox.c.key)
-        written.update(row.key for row in await conn.execute(stmt))
-    return written
-
-
-async def release_held(conn: AsyncConnection, keys: Sequence[str], *, at: datetime) -> None:
-    """Rows with these keys that are still waiting (held back) become due at ``at``."""
-    for start in range(0, len(keys), UPSERT_CHUNK):
-        await conn.execute(
-            update(outbox)
-            .where(
-                outbox.c.key.in_(list(keys[start : start + UPSERT_CHUNK])),
-                outbox.c.status == OutboxStatus.PENDING,
-                outbox.c.next_attempt_at > at,
-            )
-            .values(next_attempt_at=at)
-        )
 
 
 async def person_target(conn: AsyncConnection, person_id: int) -> Target | None:

@@ -6,7 +6,6 @@ introduced the clocks moves existing requests onto them (and back)."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import Counter
 from datetime import datetime, timedelta
 
@@ -14,7 +13,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from test_requests import (
@@ -28,7 +27,7 @@ from test_requests import (
 )
 
 from bot.config import RequestsConfig
-from flows.requests import Desk, RunAlerts, sweep_deadlines
+from flows.requests import Desk, sweep_deadlines
 from flows.texts import Texts
 from storage import repo
 from storage import requests_repo as rq
@@ -205,79 +204,6 @@ async def test_many_sweeps_with_several_workers_each_move_every_request_once_per
     assert len(keys) == len(set(keys))
     alerted = {int(k.split(":")[1]) for k in keys}
     assert alerted <= set(admins.values()) and len(alerted) > 2
-
-
-async def test_a_handler_gets_one_alert_for_a_whole_run_of_pages(make_config, start_app, demo, db):
-    config = make_config(requests={"sweep_batch": 3, "sweep_workers": 1})
-    _, rt = await start_app(config)
-    community_admin = await new_staff(db, "社区书记", Role.ADMIN, "C0101")
-    t0 = utcnow()
-    grids = ("G0101", "G0102")
-    numbers = [
-        await file_direct(db, await resident_in(db, demo, grid, n), now=t0, config=config)
-        for grid in grids
-        for n in range(4)
-    ]
-    report = await sweep_deadlines(db, Texts(), config, now=t0 + timedelta(minutes=61))
-    assert (report.escalated, report.batches) == (8, 3)
-    async with db.read() as conn:
-        keys = [
-            r.key
-            for r in await conn.execute(
-                select(outbox_t.c.key).where(outbox_t.c.person_id == community_admin)
-            )
-        ]
-    assert len(keys) == 1
-    [alert] = [t for t in await pushed(rt, community_admin) if "超期升级" in t]
-    listed = re.findall(r"Q\d{8}-\d{4}", alert)
-    assert "8件" in alert and "等" in alert
-    assert len(listed) == 5 and set(listed) <= set(numbers)
-
-
-async def test_an_alert_that_went_out_mid_run_is_left_alone_and_a_new_one_started(
-    make_config, db, demo
-):
-    config = make_config()
-    handler = demo.wardens["G0101"]
-    due = utcnow() + timedelta(hours=1)
-
-    def group(first_id: int, count: int) -> rq.EscalationGroup:
-        return rq.EscalationGroup(
-            handler_id=handler,
-            escalated=True,
-            count=count,
-            first_id=first_id,
-            first_level="community",
-            first_escalations=1,
-            first_escalate_at=due,
-            numbers=tuple(f"Q20261128-{first_id + i:04d}" for i in range(min(count, 5))),
-        )
-
-    alerts = RunAlerts(Texts(), config.tz)
-    async with db.write() as conn:
-        written = await alerts.write(conn, [group(1, 2)])
-    alerts.keep(written)
-    async with db.write() as conn:
-        written = await alerts.write(conn, [group(3, 1)])
-    alerts.keep(written)
-    async with db.read() as conn:
-        [row] = list(await conn.execute(select(outbox_t)))
-    assert row.key == f"request-escalated:{handler}:1:1" and "3件" in row.payload["text"]
-    assert row.next_attempt_at > utcnow()  # held while the run goes on
-
-    async with db.write() as conn:  # delivery took it (the run is slower than the hold)
-        await conn.execute(update(outbox_t).where(outbox_t.c.id == row.id).values(status="sent"))
-    async with db.write() as conn:
-        written = await alerts.write(conn, [group(4, 2)])
-    alerts.keep(written)
-    async with db.write() as conn:
-        await alerts.release(conn)
-    async with db.read() as conn:
-        rows = {r.key: r for r in await conn.execute(select(outbox_t))}
-    assert "3件" in rows[f"request-escalated:{handler}:1:1"].payload["text"]
-    fresh = rows[f"request-escalated:{handler}:4:1"]
-    assert "2件" in fresh.payload["text"] and "Q20261128-0004" in fresh.payload["text"]
-    assert fresh.status == "pending" and fresh.next_attempt_at <= utcnow()
 
 
 async def test_a_page_rolled_back_by_a_crash_leaves_everything_due_for_the_next_sweep(
