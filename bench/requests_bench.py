@@ -281,6 +281,8 @@ async def reset_all_due(db: Database, now, due: int | None = None) -> None:
             )
         await conn.execute(text("DELETE FROM request_events"))
         await conn.execute(text("DELETE FROM outbox"))
+        # SQLite hands out the emptied timeline's ids again: alerts start from its start
+        await conn.execute(text("UPDATE request_sweep_state SET alerted_event_id = 0"))
     await analyze(db)
 
 

@@ -780,18 +780,21 @@ class SweepReport:
     exhausted: int = 0
     closed: int = 0
     batches: int = 0
+    alerts: int = 0
 
 
 async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datetime) -> SweepReport:
-    """Escalate every open request whose deadline has passed, one level up, and close resolved
-    requests the resident left unanswered; one bounded page per transaction, and on PostgreSQL
-    ``requests.sweep_workers`` pages at a time.
+    """Escalate every open request whose deadline has passed, one level up, alert the handlers,
+    and close resolved requests the resident left unanswered.
 
-    Each page is a few set-based statements (see :func:`storage.requests_repo.escalate_due`):
-    the clocks move, the timeline rows and one alert per new handler are written in the same
-    transaction, so a crash loses nothing and a restart goes on where it stopped.  Safe to run
-    twice at once (two schedulers): a page's UPDATE is conditional on the clock's current level
-    and due time, and on PostgreSQL it skips clocks another sweep holds.
+    Escalation goes in bounded pages, one transaction each, and on PostgreSQL
+    ``requests.sweep_workers`` pages at a time.  A page is a single set-based statement (see
+    :func:`storage.requests_repo.escalate_due`): the clocks move and the timeline records each
+    move, so a crash loses nothing and a restart goes on where it stopped.  Safe to run twice
+    at once (two schedulers): a page's UPDATE is conditional on the clock's current level and
+    due time, and on PostgreSQL it skips clocks another sweep holds.  Then
+    :func:`alert_escalations` tells each handler once about everything the timeline recorded
+    for them since the last alerts (this run's pages, or a run that died before its alerts).
     """
     settings = config.requests
     windows: dict[tuple[str, str, str], datetime] = {}
@@ -808,21 +811,22 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
     report = SweepReport()
     insert_ignore = db.insert_ignore(outbox)
     batch = settings.sweep_batch
+    async with db.write() as conn:
+        await rq.ensure_sweep_state(conn)
 
     async def escalate_pages() -> None:
         # Until a page comes back short: then every clock that was due has been moved, or is
         # held by another worker (or another sweep), which moves it in its own page.
         while True:
             async with db.write() as conn:
-                groups = await rq.escalate_due(
+                await rq.hold_alert_mark(conn)
+                moved = await rq.escalate_due(
                     conn, now=now, windows=windows, default_due=default_due, batch=batch
                 )
-                alerts = escalation_alerts(groups, config.tz)
-                await queue_notices(conn, texts, alerts, insert_ignore)
             report.batches += 1
-            report.escalated += sum(g.count for g in groups if g.escalated)
-            report.exhausted += sum(g.count for g in groups if not g.escalated)
-            if sum(g.count for g in groups) < batch:
+            report.escalated += moved.count - moved.exhausted
+            report.exhausted += moved.exhausted
+            if moved.count < batch:
                 return
 
     # Pages claim their clocks with SKIP LOCKED, so on PostgreSQL several run at once without
@@ -830,6 +834,7 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
     async with asyncio.TaskGroup() as workers:
         for _ in range(1 if db.is_sqlite else settings.sweep_workers):
             workers.create_task(escalate_pages())
+    report.alerts = await alert_escalations(db, texts, config)
     resolved_before = now - timedelta(days=settings.auto_close_days)
     while True:
         async with db.write() as conn:
@@ -858,30 +863,47 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
     return report
 
 
-def escalation_alerts(groups: Sequence[rq.EscalationGroup], tz: ZoneInfo) -> list[Notice]:
-    """One alert per handler a page of the sweep moved requests to (or left them with, when
-    there was no level left).  The key names the group's first request and its escalation
-    count, which only this move produced: a retry or a second sweep cannot alert twice."""
-    notices = []
-    for group in groups:
-        if group.handler_id is None:
-            continue
-        kind = "escalated" if group.escalated else "missed"
-        notices.append(
-            Notice(
-                group.handler_id,
-                "requests/alert_escalated" if group.escalated else "requests/alert_missed",
-                f"request-{kind}:{group.handler_id}:{group.first_id}:{group.first_escalations}",
-                {
-                    "level": LABELS["level"][group.first_level],
-                    "count": group.count,
-                    "numbers": "、".join(group.numbers),
-                    "more": group.count > len(group.numbers),
-                    "due": local_time(group.first_escalate_at, tz),
-                },
-            )
-        )
-    return notices
+ALERT_EVENTS = 200_000
+"""Timeline events looked at per alert transaction (bounds its work after a long outage)."""
+
+
+async def alert_escalations(db: Database, texts: Texts, config: Any) -> int:
+    """Tell each handler, in one message, about the escalations the timeline recorded for them
+    since the last alerts: those moved to them, and (separately) those that stayed with them
+    with no level left.  Returns how many alerts were queued.
+
+    The state row's mark moves past the events in the same transaction as the alerts for
+    them, which are keyed by the first event they cover: a retry, a restart or a second sweep
+    cannot alert twice, and a run that died after its pages is alerted by the next run."""
+    insert_ignore = db.insert_ignore(outbox)
+    queued = 0
+    while True:
+        async with db.write() as conn:
+            mark, newest = await rq.take_alert_mark(conn)
+            if newest <= mark:
+                return queued
+            upto = min(newest, mark + ALERT_EVENTS)
+            alerts = await rq.unalerted_escalations(conn, after=mark, upto=upto)
+            notices = [escalation_notice(alert, config.tz) for alert in alerts]
+            queued += await queue_notices(conn, texts, notices, insert_ignore)
+            await rq.set_alert_mark(conn, upto)
+
+
+def escalation_notice(alert: rq.EscalationAlert, tz: ZoneInfo) -> Notice:
+    """The alert to a handler, keyed by the first escalation event it covers."""
+    kind = "escalated" if alert.escalated else "missed"
+    return Notice(
+        alert.handler_id,
+        "requests/alert_escalated" if alert.escalated else "requests/alert_missed",
+        f"request-{kind}:{alert.handler_id}:e{alert.first_event_id}",
+        {
+            "level": LABELS["level"][alert.level],
+            "count": alert.count,
+            "numbers": "、".join(alert.numbers),
+            "more": alert.count > len(alert.numbers),
+            "due": local_time(alert.due, tz),
+        },
+    )
 
 
 async def queue_notices(

@@ -174,6 +174,20 @@ class RequestEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class RequestSweepState(Base):
+    """One row: the timeline event up to which the deadline sweep has alerted handlers.
+
+    Escalation alerts are made from the timeline after the pages that wrote it (one alert per
+    handler and run, not per page).  Each page holds this row in share mode while it writes
+    its events and the alert step holds it exclusively (PostgreSQL), so when the alert step
+    reads the newest event id, every escalation event up to it has been committed."""
+
+    __tablename__ = "request_sweep_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    alerted_event_id: Mapped[int] = mapped_column(BigId, default=0)
+
+
 class RequestCounter(Base):
     """The last request number given out on a local day (numbers restart every day)."""
 

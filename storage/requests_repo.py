@@ -10,9 +10,10 @@ does not grow with the number of requests they move.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import groupby
 from typing import Any
 
 from sqlalchemy import (
@@ -45,11 +46,13 @@ from storage.requests_models import (
     RequestCounter,
     RequestEvent,
     RequestStatus,
+    RequestSweepState,
     ResidentRequest,
 )
 
 requests = ResidentRequest.__table__
 clocks = RequestClock.__table__
+sweep_state = RequestSweepState.__table__
 events = RequestEvent.__table__
 counters = RequestCounter.__table__
 roles = PersonRole.__table__
@@ -344,19 +347,27 @@ async def overdue_in_region(
 
 
 @dataclass(frozen=True, slots=True)
-class EscalationGroup:
-    """The requests one page of the sweep moved to one handler (or left with them, when there
-    was no level left to go to): what the handler's alert says.  ``first_*`` describe the
-    request with the lowest id, whose (id, escalation count) names the alert."""
+class Moved:
+    """What one page of the sweep did: clocks moved up, and of those, how many had no level
+    left to go to (their clocks stopped)."""
 
-    handler_id: int | None
-    escalated: bool  # False: the deadline passed with nowhere left to escalate to
     count: int
-    first_id: int
-    first_level: str
-    first_escalations: int
-    first_escalate_at: datetime | None
-    numbers: tuple[str, ...]  # the first ``ALERT_NUMBERS`` request numbers, by id
+    exhausted: int
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationAlert:
+    """What one handler is told about the escalations the timeline recorded for them since the
+    last alerts: those moved to them (``escalated``), or those that stayed with them with no
+    level left to go to.  ``first_event_id`` (the earliest such event) names the alert."""
+
+    handler_id: int
+    escalated: bool
+    count: int
+    first_event_id: int
+    level: str
+    due: datetime | None  # the first request's next escalation time
+    numbers: tuple[str, ...]  # the first ``ALERT_NUMBERS`` request numbers, in event order
 
 
 ALERT_NUMBERS = 5  # request numbers listed in one escalation alert
@@ -408,7 +419,6 @@ def _escalation_steps(
     ``chain`` is materialized and joined back, so the lookups do not run again for every row
     that uses them."""
     wanted = (
-        requests.c.number,
         requests.c.category,
         requests.c.urgency,
         requests.c.community_id,
@@ -484,7 +494,6 @@ def _escalation_steps(
         select(
             due.c.request_id,
             old.label("old_level"),
-            due.c.number,
             case(*[(cond, literal(str(level))) for cond, level, _ in steps], else_=None).label(
                 "new_level"
             ),
@@ -548,60 +557,6 @@ def _record_moves(moved: Any, now: datetime) -> Any:
     )
 
 
-def _alert_rows(moved: Any) -> Any:
-    """The moved clocks grouped by (new handler, escalated or not): one row per group with its
-    size, its first request (by id) and the first ``ALERT_NUMBERS`` request numbers, so that
-    Python reads one row per alert, not one per request."""
-    group = (moved.c.handler_id, moved.c.escalate_at.is_(None))
-    ranked = select(
-        moved.c.request_id,
-        moved.c.handler_id,
-        moved.c.level,
-        moved.c.escalate_at,
-        moved.c.escalations,
-        moved.c.number,
-        func.row_number().over(partition_by=group, order_by=moved.c.request_id).label("rn"),
-    ).subquery("ranked")
-    first = ranked.c.rn == 1
-
-    def of_first(column: Any) -> Any:
-        return func.max(case((first, column)))
-
-    return select(
-        ranked.c.handler_id,
-        (func.max(case((first, ranked.c.escalate_at))).is_not(None)).label("escalated"),
-        func.count().label("size"),
-        func.min(ranked.c.request_id).label("first_id"),
-        of_first(ranked.c.level).label("first_level"),
-        of_first(ranked.c.escalations).label("first_escalations"),
-        of_first(ranked.c.escalate_at).label("first_escalate_at"),
-        *[
-            func.max(case((ranked.c.rn == n, ranked.c.number))).label(f"number_{n}")
-            for n in range(1, ALERT_NUMBERS + 1)
-        ],
-    ).group_by(ranked.c.handler_id, ranked.c.escalate_at.is_(None))
-
-
-def _groups(rows: Iterable[Any]) -> list[EscalationGroup]:
-    return [
-        EscalationGroup(
-            handler_id=row.handler_id,
-            escalated=bool(row.escalated),
-            count=int(row.size),
-            first_id=int(row.first_id),
-            first_level=row.first_level,
-            first_escalations=int(row.first_escalations),
-            first_escalate_at=row.first_escalate_at,
-            numbers=tuple(
-                number
-                for n in range(1, ALERT_NUMBERS + 1)
-                if (number := getattr(row, f"number_{n}")) is not None
-            ),
-        )
-        for row in rows
-    ]
-
-
 async def escalate_due(
     conn: AsyncConnection,
     *,
@@ -609,18 +564,19 @@ async def escalate_due(
     windows: Mapping[tuple[str, str, str], datetime],
     default_due: datetime,
     batch: int,
-) -> list[EscalationGroup]:
-    """Move up to ``batch`` requests whose escalation time has come one level up, record each
-    move on its timeline, and return the moves grouped per handler (for their alerts).
+) -> Moved:
+    """Move up to ``batch`` requests whose escalation time has come one level up and record
+    each move on its timeline (who has it now, at which level); returns how many moved.
 
     The next level is the first one above the current that has somebody responsible (see
     :func:`responsible_at`); a request with nowhere left to go keeps its handler and its clock
     stops (``escalate_at`` becomes ``NULL``).  ``windows`` maps (stage, category, urgency) to
     the next escalation time.  Only the narrow clock rows are rewritten.
 
-    On PostgreSQL this is one statement: claim the page, move the clocks, insert the timeline
-    rows and group the moves, in data-modifying CTEs.  SQLite (whose writers are serialized
-    anyway) runs the same parts as three statements.
+    On PostgreSQL this is one statement: claim the page, move the clocks and insert the
+    timeline rows, in data-modifying CTEs; Python reads one row.  SQLite (whose writers are
+    serialized anyway) runs the same parts as two statements.  The caller holds the alert mark
+    (:func:`hold_alert_mark`) first; alerts are made from the timeline afterwards.
 
     Idempotent: the UPDATE only touches a clock still at the level the next one was computed
     from and still due, so a second sweep (another process, or the same one again) finds
@@ -640,35 +596,148 @@ async def escalate_due(
             clocks.c.handler_id,
             clocks.c.stage,
             clocks.c.escalate_at,
-            clocks.c.escalations,
-            step.c.number,
         ).cte("moved")
         recorded = _record_moves(moved, now).cte("recorded")
         # A plan this size looks expensive enough for JIT compilation, which costs more than
         # the statement itself.
         await conn.execute(text("SET LOCAL jit = off"))
-        return _groups(await conn.execute(_alert_rows(moved).add_cte(recorded)))
-    # SQLite: RETURNING may only name the updated table's columns; the moved clocks are read
-    # back by id.
-    moved_ids = [r.request_id for r in await conn.execute(move.returning(clocks.c.request_id))]
-    if not moved_ids:
-        return []
-    moved_rows = (
-        select(
-            clocks.c.request_id,
-            clocks.c.level,
-            clocks.c.handler_id,
-            clocks.c.stage,
-            clocks.c.escalate_at,
-            clocks.c.escalations,
-            requests.c.number,
+        row = (
+            await conn.execute(
+                select(func.count(), func.sum(case((moved.c.escalate_at.is_(None), 1), else_=0)))
+                .select_from(moved)
+                .add_cte(recorded)
+            )
+        ).one()
+        return Moved(int(row[0]), int(row[1] or 0))
+    # SQLite: the timeline rows are written from the moved clocks, read back by id.
+    moved_rows = list(await conn.execute(move.returning(clocks.c.request_id, clocks.c.escalate_at)))
+    if moved_rows:
+        ids = [r.request_id for r in moved_rows]
+        await conn.execute(
+            _record_moves(
+                select(clocks).where(among(conn, clocks.c.request_id, ids)).subquery("moved"),
+                now,
+            )
         )
-        .join_from(clocks, requests, requests.c.id == clocks.c.request_id)
-        .where(among(conn, clocks.c.request_id, moved_ids))
-        .subquery("moved")
+    return Moved(len(moved_rows), sum(1 for r in moved_rows if r.escalate_at is None))
+
+
+# -- escalation alerts -----------------------------------------------------------------------
+
+SWEEP_STATE_ID = 1
+ESCALATION_KINDS = ("escalated", "deadline_missed")
+
+
+async def ensure_sweep_state(conn: AsyncConnection) -> None:
+    """The sweep's state row, created if missing (as after a truncation)."""
+    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    await conn.execute(
+        dialect.insert(sweep_state)
+        .values(id=SWEEP_STATE_ID, alerted_event_id=0)
+        .on_conflict_do_nothing()
     )
-    await conn.execute(_record_moves(moved_rows, now))
-    return _groups(await conn.execute(_alert_rows(moved_rows)))
+
+
+async def hold_alert_mark(conn: AsyncConnection) -> None:
+    """Share the sweep's state row until the transaction ends (PostgreSQL; SQLite has one
+    writer): taken by each page before it writes timeline rows, so that the alert step, which
+    takes the row exclusively, only reads the newest event id once those rows are committed."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            select(sweep_state.c.id)
+            .where(sweep_state.c.id == SWEEP_STATE_ID)
+            .with_for_update(read=True)
+        )
+
+
+async def take_alert_mark(conn: AsyncConnection) -> tuple[int, int]:
+    """Lock the sweep's state row (waiting for pages still writing) and return (the event up
+    to which handlers were alerted, the newest event)."""
+    mark = (
+        await conn.execute(
+            select(sweep_state.c.alerted_event_id)
+            .where(sweep_state.c.id == SWEEP_STATE_ID)
+            .with_for_update()
+        )
+    ).scalar_one()
+    newest = (await conn.execute(select(func.max(events.c.id)))).scalar()
+    return int(mark), int(newest or 0)
+
+
+async def set_alert_mark(conn: AsyncConnection, event_id: int) -> None:
+    await conn.execute(
+        update(sweep_state)
+        .where(sweep_state.c.id == SWEEP_STATE_ID)
+        .values(alerted_event_id=event_id)
+    )
+
+
+async def unalerted_escalations(
+    conn: AsyncConnection, *, after: int, upto: int
+) -> list[EscalationAlert]:
+    """The escalation events with ids in (``after``, ``upto``] grouped per handler and kind:
+    one alert each.  Two small queries: the first ``ALERT_NUMBERS`` events of every group (with
+    the group's size, read by a window over the event id range), then their request numbers
+    and the first request's next escalation time by primary key."""
+    group = (events.c.person_id, events.c.kind)
+    ranked = (
+        select(
+            events.c.id,
+            events.c.request_id,
+            events.c.person_id,
+            events.c.kind,
+            events.c.level,
+            func.row_number().over(partition_by=group, order_by=events.c.id).label("rn"),
+            func.count().over(partition_by=group).label("size"),
+        )
+        .where(
+            events.c.id > after,
+            events.c.id <= upto,
+            events.c.kind.in_(ESCALATION_KINDS),
+            events.c.person_id.is_not(None),
+        )
+        .subquery("ranked")
+    )
+    heads = list(
+        await conn.execute(
+            select(ranked)
+            .where(ranked.c.rn <= ALERT_NUMBERS)
+            .order_by(ranked.c.person_id, ranked.c.kind, ranked.c.rn)
+        )
+    )
+    if not heads:
+        return []
+    ids = sorted({r.request_id for r in heads})
+    numbers = dict(
+        (r.id, r.number)
+        for r in await conn.execute(
+            select(requests.c.id, requests.c.number).where(among(conn, requests.c.id, ids))
+        )
+    )
+    due = dict(
+        (r.request_id, r.escalate_at)
+        for r in await conn.execute(
+            select(clocks.c.request_id, clocks.c.escalate_at).where(
+                among(conn, clocks.c.request_id, [r.request_id for r in heads if r.rn == 1])
+            )
+        )
+    )
+    alerts = []
+    for (person_id, kind), rows in groupby(heads, key=lambda r: (r.person_id, r.kind)):
+        members = list(rows)
+        first = members[0]
+        alerts.append(
+            EscalationAlert(
+                handler_id=person_id,
+                escalated=kind == "escalated",
+                count=int(first.size),
+                first_event_id=first.id,
+                level=first.level,
+                due=due.get(first.request_id),
+                numbers=tuple(numbers[r.request_id] for r in members),
+            )
+        )
+    return alerts
 
 
 async def close_unanswered(

@@ -6,6 +6,7 @@ introduced the clocks moves existing requests onto them (and back)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from datetime import datetime, timedelta
 
@@ -200,10 +201,44 @@ async def test_many_sweeps_with_several_workers_each_move_every_request_once_per
             )
         ]
     assert Counter(moved) == Counter({(2, "street"): len(residents)})
-    # alerts: unique keys, each to one of the new handlers (grouped per page)
+    # alerts: unique keys, each to one of the new handlers, every escalation in exactly one
     assert len(keys) == len(set(keys))
     alerted = {int(k.split(":")[1]) for k in keys}
     assert alerted <= set(admins.values()) and len(alerted) > 2
+    async with db.read() as conn:
+        texts = [
+            r.payload["text"]
+            for r in await conn.execute(
+                select(outbox_t.c.payload).where(outbox_t.c.key.like("request-escalated:%"))
+            )
+        ]
+    assert sum(int(re.search(r"(\d+)件", t).group(1)) for t in texts) == 2 * len(residents)
+
+
+async def test_a_run_that_died_after_its_pages_is_alerted_by_the_next_run(
+    make_config, start_app, demo, db
+):
+    config = make_config()
+    _, rt = await start_app(config)
+    community_admin = await new_staff(db, "社区书记", Role.ADMIN, "C0101")
+    t0 = utcnow()
+    numbers = [
+        await file_direct(db, await resident_in(db, demo, "G0101", n), now=t0, config=config)
+        for n in range(3)
+    ]
+    now = t0 + timedelta(minutes=61)
+    windows = {("accept", "supplies", "urgent"): now + timedelta(minutes=60)}
+    async with db.write() as conn:  # the pages commit; the process dies before its alerts
+        await rq.hold_alert_mark(conn)
+        moved = await rq.escalate_due(conn, now=now, windows=windows, default_due=now, batch=100)
+    assert (moved.count, moved.exhausted) == (3, 0)
+    assert [t for t in await pushed(rt, community_admin) if "超期升级" in t] == []
+
+    report = await sweep_deadlines(db, Texts(), config, now=now + timedelta(seconds=30))
+    assert (report.escalated, report.alerts) == (0, 1)
+    [alert] = [t for t in await pushed(rt, community_admin) if "超期升级" in t]
+    assert "3件" in alert and all(n in alert for n in numbers)
+    assert (await sweep_deadlines(db, Texts(), config, now=now)).alerts == 0
 
 
 async def test_a_page_rolled_back_by_a_crash_leaves_everything_due_for_the_next_sweep(
@@ -229,10 +264,11 @@ async def test_a_page_rolled_back_by_a_crash_leaves_everything_due_for_the_next_
 
     with pytest.raises(Crash):
         async with db.write() as conn:
-            groups = await rq.escalate_due(
+            await rq.hold_alert_mark(conn)
+            moved = await rq.escalate_due(
                 conn, now=now, windows=windows, default_due=now, batch=100
             )
-            assert sum(g.count for g in groups) == len(numbers)
+            assert moved.count == len(numbers)
             raise Crash  # the process dies before the page commits
     for number in numbers:
         c = await clock(db, number)
@@ -342,6 +378,13 @@ async def _file_old_requests(url: str, now: datetime) -> None:
                         "escalations": escalations,
                     },
                 )
+                await conn.execute(
+                    text(
+                        "INSERT INTO request_events (id, request_id, at, kind, detail) "
+                        "VALUES (:event_id, :id, :now, 'escalated', '{}')"
+                    ),
+                    {"event_id": 10 * i, "id": i, "now": now},
+                )
     finally:
         await engine.dispose()
 
@@ -376,6 +419,9 @@ async def _check_migration(url: str) -> None:
         (3, "community", 4, None, None, 1),
         (4, "city", 7, None, None, 4),
     ]
+    # escalations already in the timeline were alerted when they happened
+    rows, _ = await _read(url, "SELECT id, alerted_event_id FROM request_sweep_state")
+    assert rows == [(1, 10 * len(OLD_REQUESTS))]
     _, columns = await _read(url, "SELECT * FROM requests WHERE 1 = 0")
     assert not columns & {"level", "handler_id", "escalate_at", "escalations"}
 

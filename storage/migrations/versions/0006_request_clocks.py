@@ -5,7 +5,8 @@ Moves ``level``, ``handler_id``, ``escalate_at`` and ``escalations`` from ``requ
 the deadline sweep rewrites a short row with three index entries instead of the wide request
 row and all its indexes.  Existing requests get their clocks from the columns they had.  The
 per-row foreign key check on ``request_events.request_id`` goes (it cost as much as the rest
-of an escalation).
+of an escalation).  ``request_sweep_state`` remembers up to which timeline event handlers were
+alerted (escalations already in the timeline were alerted when they happened).
 
 Revision ID: 0006_request_clocks
 Revises: 0001
@@ -74,6 +75,16 @@ def upgrade() -> None:
             postgresql_where=sa.text(OPEN),
             sqlite_where=sa.text(OPEN),
         )
+    op.create_table(
+        "request_sweep_state",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("alerted_event_id", ID, nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_request_sweep_state")),
+    )
+    op.execute(
+        "INSERT INTO request_sweep_state (id, alerted_event_id) "
+        "SELECT 1, COALESCE(MAX(id), 0) FROM request_events"
+    )
     with op.batch_alter_table("requests", schema=None) as batch_op:
         batch_op.drop_index("ix_requests_escalate_at")
         batch_op.drop_index("ix_requests_handler")
@@ -120,3 +131,4 @@ def downgrade() -> None:
         batch_op.drop_index("ix_request_clocks_handler")
         batch_op.drop_index("ix_request_clocks_due")
     op.drop_table("request_clocks")
+    op.drop_table("request_sweep_state")
