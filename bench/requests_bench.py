@@ -356,7 +356,7 @@ async def run(url: str, label: str, count: int) -> None:
             events = (await conn.execute(text("SELECT count(*) FROM request_events"))).scalar()
             alerts = (await conn.execute(text("SELECT count(*) FROM outbox"))).scalar()
         print(
-            f"[{label}]   -> {events:,} timeline rows, {alerts:,} alerts (one per handler per page)"
+            f"[{label}]   -> {events:,} timeline rows, {alerts:,} alerts (one per handler per run)"
         )
         if workers > 1:
             one_config = parse_config({"database": {"url": url}, "requests": {"sweep_workers": 1}})

@@ -811,29 +811,31 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
     report = SweepReport()
     insert_ignore = db.insert_ignore(outbox)
     batch = settings.sweep_batch
-    async with db.write() as conn:
-        await rq.ensure_sweep_state(conn)
+
+    async def escalate_page() -> bool:
+        """One page; ``True`` when it came back full (there may be more)."""
+        async with db.write() as conn:
+            await rq.hold_alert_mark(conn)
+            moved = await rq.escalate_due(
+                conn, now=now, windows=windows, default_due=default_due, batch=batch
+            )
+        report.batches += 1
+        report.escalated += moved.count - moved.exhausted
+        report.exhausted += moved.exhausted
+        return moved.count == batch
 
     async def escalate_pages() -> None:
         # Until a page comes back short: then every clock that was due has been moved, or is
         # held by another worker (or another sweep), which moves it in its own page.
-        while True:
-            async with db.write() as conn:
-                await rq.hold_alert_mark(conn)
-                moved = await rq.escalate_due(
-                    conn, now=now, windows=windows, default_due=default_due, batch=batch
-                )
-            report.batches += 1
-            report.escalated += moved.count - moved.exhausted
-            report.exhausted += moved.exhausted
-            if moved.count < batch:
-                return
+        while await escalate_page():
+            pass
 
-    # Pages claim their clocks with SKIP LOCKED, so on PostgreSQL several run at once without
-    # waiting on each other; SQLite has one writer.
-    async with asyncio.TaskGroup() as workers:
-        for _ in range(1 if db.is_sqlite else settings.sweep_workers):
-            workers.create_task(escalate_pages())
+    # Usually one page does it.  Otherwise pages claim their clocks with SKIP LOCKED, so on
+    # PostgreSQL several run at once without waiting on each other; SQLite has one writer.
+    if await escalate_page():
+        async with asyncio.TaskGroup() as workers:
+            for _ in range(1 if db.is_sqlite else settings.sweep_workers):
+                workers.create_task(escalate_pages())
     report.alerts = await alert_escalations(db, texts, config)
     resolved_before = now - timedelta(days=settings.auto_close_days)
     while True:

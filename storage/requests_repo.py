@@ -628,20 +628,12 @@ SWEEP_STATE_ID = 1
 ESCALATION_KINDS = ("escalated", "deadline_missed")
 
 
-async def ensure_sweep_state(conn: AsyncConnection) -> None:
-    """The sweep's state row, created if missing (as after a truncation)."""
-    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    await conn.execute(
-        dialect.insert(sweep_state)
-        .values(id=SWEEP_STATE_ID, alerted_event_id=0)
-        .on_conflict_do_nothing()
-    )
-
-
 async def hold_alert_mark(conn: AsyncConnection) -> None:
     """Share the sweep's state row until the transaction ends (PostgreSQL; SQLite has one
     writer): taken by each page before it writes timeline rows, so that the alert step, which
-    takes the row exclusively, only reads the newest event id once those rows are committed."""
+    takes the row exclusively, only reads the newest event id once those rows are committed.
+    The row is created first if it is missing (as after a truncation)."""
+    await _ensure_sweep_state(conn)
     if conn.dialect.name == "postgresql":
         await conn.execute(
             select(sweep_state.c.id)
@@ -650,9 +642,19 @@ async def hold_alert_mark(conn: AsyncConnection) -> None:
         )
 
 
+async def _ensure_sweep_state(conn: AsyncConnection) -> None:
+    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    await conn.execute(
+        dialect.insert(sweep_state)
+        .values(id=SWEEP_STATE_ID, alerted_event_id=0)
+        .on_conflict_do_nothing()
+    )
+
+
 async def take_alert_mark(conn: AsyncConnection) -> tuple[int, int]:
     """Lock the sweep's state row (waiting for pages still writing) and return (the event up
     to which handlers were alerted, the newest event)."""
+    await _ensure_sweep_state(conn)
     mark = (
         await conn.execute(
             select(sweep_state.c.alerted_event_id)
