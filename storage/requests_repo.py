@@ -3,8 +3,9 @@
 Every function takes an open ``AsyncConnection``; the caller owns the transaction.  A request
 is read together with its clock (:func:`request_query`) and written through
 :func:`update_request`, which keeps the two consistent.  The sweep functions work a bounded
-page per call in set-based statements, and return only what the alerts need, so their memory
-does not grow with the number of requests they move.
+page per call in set-based statements and return counts, and the escalation alerts are read
+back from the timeline a few rows per handler, so memory does not grow with the number of
+requests moved.
 """
 
 from __future__ import annotations
