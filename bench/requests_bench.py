@@ -6,8 +6,9 @@ run on the same table:
 
 * the deadline sweep with nothing due (the every-minute tick), with 10% due, and with every
   request due at once (after an outage); goal: under 2 s on PostgreSQL, done in bulk;
-* the sweep's Python memory peak (tracemalloc) with 10% and with 100% due: flat means it does
-  not grow with the number of requests escalated (bounded by ``requests.sweep_batch``);
+* the sweep with 25,000, 50,000 and 100,000 due, timed and with its Python memory peak traced
+  (tracemalloc): flat means the peak does not grow with the number of requests escalated
+  (each page of ``requests.sweep_batch`` is set-based; Python sees one row per alert);
 * one street's overdue list (first page of 50 and the total); goal: under 50 ms.
 
 Usage: ``python bench/requests_bench.py [--sqlite] [--requests N]``.  PostgreSQL: the database
@@ -42,7 +43,7 @@ from storage import requests_repo as rq
 from storage.db import Database
 from storage.migrate import upgrade_database
 from storage.models import Identity, Person, PersonRole, Region, utcnow
-from storage.requests_models import ResidentRequest
+from storage.requests_models import RequestClock, ResidentRequest
 
 PG_URL = os.environ.get(
     "GRIDBOT_BENCH_REQUESTS_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test_requests"
@@ -52,6 +53,8 @@ CATEGORIES = ["supplies", "medical", "daily", "complaint", "suggestion", "other"
 CHUNK = 5000
 
 requests_t = ResidentRequest.__table__
+clocks_t = RequestClock.__table__
+MEMORY_SIZES = (25_000, 50_000, 100_000)
 
 
 async def reset_postgres(url: str) -> None:
@@ -195,7 +198,7 @@ async def load_requests(db: Database, city: dict, count: int, now) -> None:
                 ],
             )
     for i in range(0, count, CHUNK):
-        batch = []
+        batch, clocks = [], []
         for j in range(i, min(i + CHUNK, count)):
             grid = grids[(j % residents) % len(grids)]
             due = now + (
@@ -203,8 +206,19 @@ async def load_requests(db: Database, city: dict, count: int, now) -> None:
                 if j % 10 == 0
                 else timedelta(minutes=rng.randint(5, 600))
             )
+            clocks.append(
+                {
+                    "request_id": j + 1,
+                    "level": "grid",
+                    "handler_id": city["wardens"][grid["id"]],
+                    "stage": "accept",
+                    "escalate_at": due,
+                    "escalations": 0,
+                }
+            )
             batch.append(
                 {
+                    "id": j + 1,
                     "number": f"Q20261128-{j:06d}",
                     "resident_id": first + (j % residents),
                     "region_id": grid["id"],
@@ -217,19 +231,24 @@ async def load_requests(db: Database, city: dict, count: int, now) -> None:
                     "attachments": [],
                     "channel": "sim",
                     "status": "pending",
-                    "level": "grid",
-                    "handler_id": city["wardens"][grid["id"]],
                     "accept_due_at": due,
                     "resolve_due_at": due + timedelta(hours=12),
                     "sla_due_at": due,
-                    "escalate_at": due,
-                    "escalations": 0,
                     "reopen_count": 0,
                     "created_at": due - timedelta(hours=1),
                 }
             )
         async with db.write() as conn:
             await conn.execute(insert(requests_t), batch)
+            await conn.execute(insert(clocks_t), clocks)
+    if db.engine.dialect.name == "postgresql":
+        async with db.write() as conn:
+            await conn.execute(
+                text(
+                    "SELECT setval(pg_get_serial_sequence('requests', 'id'), "
+                    "(SELECT max(id) FROM requests))"
+                )
+            )
 
 
 async def analyze(db: Database) -> None:
@@ -242,17 +261,28 @@ async def analyze(db: Database) -> None:
             await conn.execute(text("ANALYZE"))
 
 
-async def reset_all_due(db: Database, now) -> None:
-    """Every request back at grid level and due (as after an outage); timeline and outbox
-    cleared so each scenario starts alike."""
+async def reset_all_due(db: Database, now, due: int | None = None) -> None:
+    """Every request back at grid level and due (as after an outage), or only the first
+    ``due`` of them (the rest due in an hour); timeline and outbox cleared so each scenario
+    starts alike."""
     async with db.write() as conn:
         await conn.execute(
-            update(requests_t).values(
-                level="grid", escalate_at=now - timedelta(minutes=1), escalations=0
+            update(clocks_t).values(
+                level="grid",
+                escalate_at=now - timedelta(minutes=1),
+                escalations=0,
             )
         )
+        if due is not None:
+            await conn.execute(
+                update(clocks_t)
+                .where(clocks_t.c.request_id > due)
+                .values(escalate_at=now + timedelta(hours=1))
+            )
         await conn.execute(text("DELETE FROM request_events"))
         await conn.execute(text("DELETE FROM outbox"))
+        # SQLite hands out the emptied timeline's ids again: alerts start from its start
+        await conn.execute(text("UPDATE request_sweep_state SET alerted_event_id = 0"))
     await analyze(db)
 
 
@@ -294,7 +324,7 @@ async def run(url: str, label: str, count: int) -> None:
         async def due_count():
             async with db.read() as conn:
                 return (
-                    await conn.execute(select(func.count()).where(requests_t.c.escalate_at <= now))
+                    await conn.execute(select(func.count()).where(clocks_t.c.escalate_at <= now))
                 ).scalar()
 
         baseline = min([(await timed(plain_count))[0] for _ in range(5)])
@@ -317,34 +347,38 @@ async def run(url: str, label: str, count: int) -> None:
         )
         await reset_all_due(db, now)
         elapsed, _, report = await timed(sweep)
+        workers = 1 if db.is_sqlite else config.requests.sweep_workers
         print(
             f"[{label}] sweep, ALL due: {report.escalated + report.exhausted:,} escalated "
-            f"in {elapsed:.2f} s ({report.batches} batches)   goal < 2 s"
+            f"in {elapsed:.2f} s ({report.batches} pages, {workers} at a time)   goal < 2 s"
         )
         async with db.read() as conn:
             events = (await conn.execute(text("SELECT count(*) FROM request_events"))).scalar()
             alerts = (await conn.execute(text("SELECT count(*) FROM outbox"))).scalar()
         print(
-            f"[{label}]   -> {events:,} timeline rows, {alerts:,} alerts (one per handler "
-            f"per batch)"
+            f"[{label}]   -> {events:,} timeline rows, {alerts:,} alerts (one per handler per run)"
         )
-
-        # memory: the same two sweeps again, traced (slower under tracemalloc)
-        await reset_all_due(db, now)
-        async with db.write() as conn:  # only 10% due
-            await conn.execute(
-                update(requests_t)
-                .where(requests_t.c.id % 10 != 0)
-                .values(escalate_at=now + timedelta(hours=1))
+        if workers > 1:
+            one_config = parse_config({"database": {"url": url}, "requests": {"sweep_workers": 1}})
+            await reset_all_due(db, now)
+            elapsed, _, report = await timed(
+                lambda: sweep_deadlines(db, texts, one_config, now=now)
             )
-        _, peak_small, small = await timed(sweep, memory=True)
-        await reset_all_due(db, now)
-        _, peak_all, every = await timed(sweep, memory=True)
-        print(
-            f"[{label}] sweep memory peak (tracemalloc): {small.escalated:,} due "
-            f"{peak_small / 2**20:.1f} MiB, {every.escalated + every.exhausted:,} due "
-            f"{peak_all / 2**20:.1f} MiB"
-        )
+            print(
+                f"[{label}] sweep, ALL due, one page at a time: "
+                f"{report.escalated + report.exhausted:,} escalated in {elapsed:.2f} s"
+            )
+
+        # time and memory as the number due grows, traced (slower under tracemalloc)
+        for size in MEMORY_SIZES:
+            if size > count:
+                continue
+            await reset_all_due(db, now, due=size)
+            elapsed, peak, report = await timed(sweep, memory=True)
+            print(
+                f"[{label}] sweep, {report.escalated + report.exhausted:>7,} due, traced: "
+                f"{elapsed:6.2f} s, memory peak (tracemalloc) {peak / 2**20:5.1f} MiB"
+            )
 
         # a street's overdue list
         street_row = city["streets"][len(city["streets"]) // 2]

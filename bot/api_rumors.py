@@ -83,7 +83,8 @@ OPERATIONS = [
         "POST",
         _BASE + "/{id}/withdraw",
         "withdraw_rumor_clarification",
-        "Withdraw a published clarification (no longer answered)",
+        "Withdraw a published clarification: no longer answered, and everyone who received it "
+        "(people, and regions it was pushed to) is told",
         [_ID],
     ),
     Operation(
@@ -298,11 +299,21 @@ class RumorsApi:
         cid = _id(request)
         try:
             async with self.db.write() as conn:
-                await rumors.withdraw_clarification(conn, self.db, person, cid, now=utcnow())
+                delivered = await rumors.withdraw_clarification(
+                    conn,
+                    self.db,
+                    person,
+                    cid,
+                    settings=self.config,
+                    texts=self.texts,
+                    now=utcnow(),
+                )
                 data = await _clarification_json(conn, await store.get_clarification(conn, cid))
         except rumors.RumorRefused as refused:
             raise self._refusal(refused) from None
-        return _json(data)
+        await self._after_commit(delivered)
+        told = {"withdrawn": delivered.withdrawn, "withdrawal_notices": delivered.notice_ids}
+        return _json({**data, "delivered": told})
 
     async def push(self, request: web.Request) -> web.Response:
         person = request[CALLER]

@@ -41,6 +41,7 @@ from bot.posters import GridQrCodes
 from bot.requests_jobs import requests_jobs
 from bot.scheduler import JobRuntime, JobSpec, Scheduler
 from flows.engine import FlowEngine
+from flows.notices import channel_limits
 from flows.texts import TEMPLATE_ROOT, Texts
 from handlers import build_flows, build_router
 from storage.db import Database, GroupCommitter
@@ -125,7 +126,15 @@ async def build_runtime(config: Config, *, session: aiohttp.ClientSession | None
             reply_budget_s=config.conversation.reply_budget_s,
         )
     senders: dict[str, Sender] = {name: ch for name, ch in channels.items()}
-    delivery = DeliveryWorker(db, senders, config.outbox, errors)
+    delivery = DeliveryWorker(
+        db,
+        senders,
+        config.outbox,
+        errors,
+        limits=channel_limits(config.notices.max_length),
+        texts=texts,
+        part_gap_s=config.notices.part_gap_s,
+    )
     dispatcher.on_queued = delivery.wake
     job_runtime = JobRuntime(
         id=uuid.uuid4().hex,

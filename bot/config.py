@@ -171,7 +171,10 @@ class RequestsConfig(_Section):
     """A resolved request the resident neither confirms nor reopens is closed after this."""
     sweep_interval_s: int = Field(60, ge=1)
     sweep_batch: int = Field(10000, ge=1, le=20000)
-    """Requests escalated per statement (and per transaction): bounds the sweep's memory."""
+    """Requests escalated per page: one transaction, and on PostgreSQL one statement."""
+    sweep_workers: int = Field(2, ge=1, le=8)
+    """Pages the sweep escalates at once on PostgreSQL (each claims its requests with SKIP
+    LOCKED, so they never wait on each other); SQLite always runs one."""
     max_description: int = Field(500, ge=10)
     list_limit: int = Field(10, ge=1, le=50)
     """Requests shown by the chat lists (我的诉求, 待办, 督办)."""

@@ -5,20 +5,27 @@ several processes share the queue without sending a row twice.  Per-target rate 
 counted from the outbox itself (rows sent to the same target in the last minute), so they hold
 across processes too.  Failures retry with exponential backoff and jitter; after
 ``max_attempts`` a row is dead.
+
+A claimed text longer than its channel takes (the table in ``flows.notices``) is split there
+and then into numbered parts, as notices are: the row keeps the first part and each other part
+becomes a row of its own, so every part is sent once however often a send is retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from bot.channels.base import Sender, SendResult
 from bot.config import OutboxConfig
 from bot.errors import ErrorReporter
+from flows.notices import Limit, channel_limits, limit_for, part_labeller, split_text
+from flows.texts import Texts
 from storage import outbox as repo
 from storage.db import Database
 from storage.models import utcnow
@@ -39,12 +46,18 @@ class DeliveryWorker:
         config: OutboxConfig,
         errors: ErrorReporter,
         *,
+        limits: dict[str, Limit] | None = None,
+        texts: Texts | None = None,
+        part_gap_s: float = 2.0,
         rng: random.Random | None = None,
     ) -> None:
         self.db = db
         self.senders = senders
         self.config = config
         self.errors = errors
+        self.limits = limits if limits is not None else channel_limits({})
+        self.part_label = part_labeller(texts or Texts())
+        self.part_gap = timedelta(seconds=part_gap_s)
         self.rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -88,11 +101,26 @@ class DeliveryWorker:
             )
             if not claimed:
                 return 0
+            claimed = [await self._fit(conn, message, now) for message in claimed]
             to_send, deferred = await self._apply_rate_limits(conn, claimed, now)
             await repo.release(conn, deferred, not_before=now + RATE_WINDOW / 4)
         results = await asyncio.gather(*(self._attempt(m) for m in to_send))
         await self._record(list(zip(to_send, results, strict=True)))
         return len(claimed)
+
+    async def _fit(self, conn: object, message: ClaimedMessage, now: datetime) -> ClaimedMessage:
+        """The message as it goes out: a plain text over its channel's limit is split, and the
+        message carries its first part (template and subscribe messages are left alone)."""
+        payload = message.payload
+        text = payload.get("text")
+        if not isinstance(text, str) or "template" in payload or "subscribe" in payload:
+            return message
+        limit = limit_for(self.limits, message.channel, message.target.kind)
+        parts = split_text(text, limit, self.part_label)
+        if len(parts) == 1:
+            return message
+        await repo.split_row(conn, message, parts, now=now, gap=self.part_gap)  # type: ignore[arg-type]
+        return dataclasses.replace(message, payload={**payload, "text": parts[0]})
 
     async def _apply_rate_limits(
         self, conn: object, claimed: list[ClaimedMessage], now: object

@@ -23,7 +23,7 @@ async def requests_sweep_job(runtime_id: str) -> SweepReport:
     """Escalate overdue requests and close unanswered resolved ones."""
     rt = runtime(runtime_id)
     report = await sweep_deadlines(rt.db, Texts(), rt.config, now=utcnow())
-    if report.escalated or report.exhausted or report.closed:
+    if report.escalated or report.exhausted or report.closed or report.alerts:
         log.info("requests sweep: %s", report)
         rt.wake_delivery()
     return report

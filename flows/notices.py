@@ -3,7 +3,8 @@
 A notice is validated (sender's role and scope, text, regions, time), stored, and at its time
 queued into the outbox: one row per recipient and per group chat, by ``INSERT ... SELECT`` in
 pages (see ``storage.notices``).  Until then a scheduled notice can be edited or cancelled.
-Non-urgent notices that fall in the quiet hours wait until they end.  Texts longer than a
+Non-urgent notices that fall in the quiet hours wait until they end: a scheduled one stays
+scheduled until then, one queued in them gets rows due at their end.  Texts longer than a
 channel allows are split into numbered parts (the table below, overridable in config).
 Recipients acknowledge with "收到" or the notice's short code; in a group chat one member's
 acknowledgement counts for the group.  Everything a sender does is audited.
@@ -74,6 +75,21 @@ def channel_limits(overrides: dict[str, int]) -> dict[str, Limit]:
     return limits
 
 
+def limit_for(limits: dict[str, Limit], channel: str, kind: str) -> Limit:
+    """A target's limit: its ``channel:kind`` entry, else its channel's, else the default (the
+    same choice as a notice's text plan makes)."""
+    return limits.get(f"{channel}:{kind}") or limits.get(channel) or DEFAULT_LIMIT
+
+
+def part_labeller(texts: Texts) -> Callable[[int, int], str]:
+    """The label that starts each part of a split text: "（1/3）" and a line break."""
+
+    def label(number: int, total: int) -> str:
+        return texts.render("notices/part_label", number=number, total=total) + "\n"
+
+    return label
+
+
 _BREAKS = "\n。！？；!?;"
 
 
@@ -114,10 +130,7 @@ def split_text(text: str, limit: Limit, label: Callable[[int, int], str]) -> tup
 
 def text_plan(text: str, limits: dict[str, Limit], texts: Texts) -> TextPlan:
     """How ``text`` goes out on each channel of the table (and on any other)."""
-
-    def label(number: int, total: int) -> str:
-        return texts.render("notices/part_label", number=number, total=total) + "\n"
-
+    label = part_labeller(texts)
     return TextPlan(
         base=split_text(text, DEFAULT_LIMIT, label),
         variants=tuple((key, split_text(text, lim, label)) for key, lim in limits.items()),
@@ -658,9 +671,14 @@ async def queue_due_notices(
     db: Database, *, texts: Texts, settings: Any, now: datetime, limit: int = 50
 ) -> int:
     """The scheduler's job: queue every notice whose time has come (and resume any whose
-    queuing process died).  Returns how many notices were queued."""
+    queuing process died).  Returns how many notices were queued.
+
+    In the quiet hours only urgent notices are taken: a non-urgent one due then stays
+    scheduled, so it can still be edited or cancelled and its audience is read when it goes,
+    and the first run after the quiet hours queues it."""
+    quiet = quiet_until(now, settings) is not None
     async with db.read() as conn:
-        due = await store.due_notice_ids(conn, now, limit=limit)
+        due = await store.due_notice_ids(conn, now, limit=limit, urgent_only=quiet)
     done = 0
     for notice_id in due:
         if await queue_notice(db, notice_id, texts=texts, settings=settings, now=now):

@@ -14,10 +14,10 @@ was handed to them; a resident only on their own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import unicodedata
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,7 +34,7 @@ from storage import requests_repo as rq
 from storage.db import Database
 from storage.models import Identity, Person, RegionLevel, Role
 from storage.outbox import Target, enqueue, outbox, outbox_row
-from storage.requests_models import OPEN_STATUSES, RequestStatus, VolunteerStatus
+from storage.requests_models import OPEN_STATUSES, ClockStage, RequestStatus, VolunteerStatus
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ URGENCIES = [
     Option("normal", "一般", ("不急", "普通", "不紧急", "还好", "不着急")),
 ]
 VOLUNTEER_CATEGORIES = ("supplies", "daily")
-ALERT_NUMBERS = 5  # request numbers listed in one escalation alert
 STAFF = (Role.WARDEN, Role.ADMIN)
 
 LABELS: dict[str, dict[str, str]] = {
@@ -781,48 +780,63 @@ class SweepReport:
     exhausted: int = 0
     closed: int = 0
     batches: int = 0
+    alerts: int = 0
 
 
 async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datetime) -> SweepReport:
-    """Escalate every open request whose deadline has passed, one level up, and close resolved
-    requests the resident left unanswered; one bounded batch per transaction.
+    """Escalate every open request whose deadline has passed, one level up, alert the handlers,
+    and close resolved requests the resident left unanswered.
 
-    Safe to run twice at once (two schedulers): each batch's UPDATE is conditional on the
-    request's current level and due escalation time, and on PostgreSQL it skips rows another
-    sweep holds.  New handlers get one alert per batch listing their requests.
+    Escalation goes in bounded pages, one transaction each, and on PostgreSQL
+    ``requests.sweep_workers`` pages at a time.  A page is a single set-based statement (see
+    :func:`storage.requests_repo.escalate_due`): the clocks move and the timeline records each
+    move, so a crash loses nothing and a restart goes on where it stopped.  Safe to run twice
+    at once (two schedulers): a page's UPDATE is conditional on the clock's current level and
+    due time, and on PostgreSQL it skips clocks another sweep holds.  Then
+    :func:`alert_escalations` tells each handler once about everything the timeline recorded
+    for them since the last alerts (this run's pages, or a run that died before its alerts).
     """
     settings = config.requests
     windows: dict[tuple[str, str, str], datetime] = {}
     for category in LABELS["category"]:
         for urgency in LABELS["urgency"]:
             deadline = deadline_for(settings, category, urgency)
-            windows[(RequestStatus.PENDING, category, urgency)] = now + timedelta(
+            windows[(ClockStage.ACCEPT, category, urgency)] = now + timedelta(
                 minutes=deadline.accept_minutes
             )
-            windows[(RequestStatus.ACCEPTED, category, urgency)] = now + timedelta(
+            windows[(ClockStage.RESOLVE, category, urgency)] = now + timedelta(
                 minutes=deadline.resolve_minutes
             )
-    default_due = windows[(RequestStatus.PENDING, "other", "normal")]
+    default_due = windows[(ClockStage.ACCEPT, "other", "normal")]
     report = SweepReport()
     insert_ignore = db.insert_ignore(outbox)
     batch = settings.sweep_batch
-    while True:
+
+    async def escalate_page() -> bool:
+        """One page; ``True`` when it came back full (there may be more)."""
         async with db.write() as conn:
-            rows = await rq.escalate_due(
-                conn,
-                now=now,
-                windows=windows,
-                default_due=default_due,
-                batch=batch,
-                skip_locked=not db.is_sqlite,
+            await rq.hold_alert_mark(conn)
+            moved = await rq.escalate_due(
+                conn, now=now, windows=windows, default_due=default_due, batch=batch
             )
-            if rows:
-                await _record_escalations(conn, texts, config, rows, now, insert_ignore)
         report.batches += 1
-        report.exhausted += sum(1 for r in rows if r.escalate_at is None)
-        report.escalated += sum(1 for r in rows if r.escalate_at is not None)
-        if len(rows) < batch:
-            break
+        report.escalated += moved.count - moved.exhausted
+        report.exhausted += moved.exhausted
+        return moved.count == batch
+
+    async def escalate_pages() -> None:
+        # Until a page comes back short: then every clock that was due has been moved, or is
+        # held by another worker (or another sweep), which moves it in its own page.
+        while await escalate_page():
+            pass
+
+    # Usually one page does it.  Otherwise pages claim their clocks with SKIP LOCKED, so on
+    # PostgreSQL several run at once without waiting on each other; SQLite has one writer.
+    if await escalate_page():
+        async with asyncio.TaskGroup() as workers:
+            for _ in range(1 if db.is_sqlite else settings.sweep_workers):
+                workers.create_task(escalate_pages())
+    report.alerts = await alert_escalations(db, texts, config)
     resolved_before = now - timedelta(days=settings.auto_close_days)
     while True:
         async with db.write() as conn:
@@ -834,22 +848,7 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
                 skip_locked=not db.is_sqlite,
             )
             if closed:
-                await rq.insert_events(
-                    conn,
-                    [
-                        {
-                            "request_id": r.id,
-                            "at": now,
-                            "kind": "auto_closed",
-                            "actor_id": None,
-                            "person_id": None,
-                            "level": r.level,
-                            "text": None,
-                            "detail": {},
-                        }
-                        for r in closed
-                    ],
-                )
+                await rq.record_auto_closed(conn, [r.id for r in closed], now=now)
                 notices = [
                     Notice(
                         r.resident_id,
@@ -866,40 +865,47 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
     return report
 
 
-async def _record_escalations(
-    conn: AsyncConnection,
-    texts: Texts,
-    config: Any,
-    rows: Sequence[Any],
-    now: datetime,
-    insert_ignore: Any,
-) -> None:
-    """Timeline rows for a batch of escalations, and one alert per handler."""
-    await rq.record_sweep_events(conn, [r.id for r in rows], now=now)
-    by_handler: dict[tuple[int, bool], list[Any]] = defaultdict(list)
-    for r in rows:
-        if r.handler_id is not None:
-            by_handler[(r.handler_id, r.escalate_at is not None)].append(r)
-    notices = []
-    for (handler_id, escalated), mine in by_handler.items():
-        mine.sort(key=lambda r: r.id)
-        first = mine[0]
-        kind = "escalated" if escalated else "missed"
-        notices.append(
-            Notice(
-                handler_id,
-                "requests/alert_escalated" if escalated else "requests/alert_missed",
-                f"request-{kind}:{handler_id}:{first.id}:{first.escalations}",
-                {
-                    "level": LABELS["level"][first.level],
-                    "count": len(mine),
-                    "numbers": "、".join(r.number for r in mine[:ALERT_NUMBERS]),
-                    "more": len(mine) > ALERT_NUMBERS,
-                    "due": local_time(first.escalate_at, config.tz),
-                },
-            )
-        )
-    await queue_notices(conn, texts, notices, insert_ignore)
+ALERT_EVENTS = 200_000
+"""Timeline events looked at per alert transaction (bounds its work after a long outage)."""
+
+
+async def alert_escalations(db: Database, texts: Texts, config: Any) -> int:
+    """Tell each handler, in one message, about the escalations the timeline recorded for them
+    since the last alerts: those moved to them, and (separately) those that stayed with them
+    with no level left.  Returns how many alerts were queued.
+
+    The state row's mark moves past the events in the same transaction as the alerts for
+    them, which are keyed by the first event they cover: a retry, a restart or a second sweep
+    cannot alert twice, and a run that died after its pages is alerted by the next run."""
+    insert_ignore = db.insert_ignore(outbox)
+    queued = 0
+    while True:
+        async with db.write() as conn:
+            mark, newest = await rq.take_alert_mark(conn)
+            if newest <= mark:
+                return queued
+            upto = min(newest, mark + ALERT_EVENTS)
+            alerts = await rq.unalerted_escalations(conn, after=mark, upto=upto)
+            notices = [escalation_notice(alert, config.tz) for alert in alerts]
+            queued += await queue_notices(conn, texts, notices, insert_ignore)
+            await rq.set_alert_mark(conn, upto)
+
+
+def escalation_notice(alert: rq.EscalationAlert, tz: ZoneInfo) -> Notice:
+    """The alert to a handler, keyed by the first escalation event it covers."""
+    kind = "escalated" if alert.escalated else "missed"
+    return Notice(
+        alert.handler_id,
+        "requests/alert_escalated" if alert.escalated else "requests/alert_missed",
+        f"request-{kind}:{alert.handler_id}:e{alert.first_event_id}",
+        {
+            "level": LABELS["level"][alert.level],
+            "count": alert.count,
+            "numbers": "、".join(alert.numbers),
+            "more": alert.count > len(alert.numbers),
+            "due": local_time(alert.due, tz),
+        },
+    )
 
 
 async def queue_notices(

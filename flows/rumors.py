@@ -29,7 +29,8 @@ about it (through any question grouped into the item) and has not received it ge
 through the outbox with the key ``rumor:<id>:v<version>:<person id>``.  An edit of a published
 clarification keeps the replaced content as history, raises the version, and sends the new
 version, marked as an update, to everyone who received an earlier one; regions it was pushed to
-get the correction as a notice again.
+get the correction as a notice again.  Withdrawing a published clarification tells everyone
+who received any version of it, and the regions it was pushed to, that it no longer holds.
 """
 
 from __future__ import annotations
@@ -747,8 +748,11 @@ class Delivered:
 
     notified: int = 0
     updated: int = 0
+    withdrawn: int = 0
+    """People told that the clarification they received was withdrawn."""
     notice_ids: list[int] = field(default_factory=list)
-    """Correction notices to regions the clarification was pushed to (queue after commit)."""
+    """Correction (or withdrawal) notices to regions the clarification was pushed to (queue
+    after commit)."""
 
 
 async def queue_corrections(
@@ -887,9 +891,13 @@ async def withdraw_clarification(
     person: repo.PersonInfo,
     clarification_id: int,
     *,
+    settings: Any,
+    texts: Texts,
     now: datetime,
-) -> None:
-    """Stop answering with a published clarification."""
+) -> Delivered:
+    """Stop answering with a published clarification, and tell those who received it: every
+    person any version was delivered to, once (key ``rumor:<id>:withdrawn:<time>:<person>``),
+    and each audience it was pushed to, as a notice (queued after commit)."""
     row = await find_managed(conn, person, clarification_id)
     if row.status != ClarificationStatus.PUBLISHED:
         raise RumorRefused("not_published", 409)
@@ -903,6 +911,41 @@ async def withdraw_clarification(
         updated_at=now,
     )
     await _audit(conn, person, "rumor.clarification.withdraw", row.id, {}, version=row.version)
+    text = texts.render("rumors/withdrawn", **clarification_values(row, settings))
+    insert = db.insert_ignore(store.outbox)
+    stamp = int(now.timestamp() * 1000)
+    delivered = Delivered()
+    after = 0
+    while ids := await store.recipients(
+        conn, row.id, after=after, limit=settings.rumors.notify_page_size
+    ):
+        targets = await store.current_targets(conn, ids)
+        rows = [
+            outbox_row(
+                key=f"rumor:{row.id}:withdrawn:{stamp}:{pid}",
+                target=target,
+                payload={"text": text},
+                person_id=pid,
+                ref_type=REF_TYPE,
+                ref_id=row.id,
+            )
+            for pid, target in targets.items()
+        ]
+        await enqueue(conn, rows, insert)
+        delivered.withdrawn += len(rows)
+        after = ids[-1]
+    delivered.notice_ids = await _notice_pushed_audiences(
+        conn,
+        row,
+        await store.list_pushes(conn, row.id),
+        editor=person,
+        text=text,
+        settings=settings,
+        now=now,
+        via="rumor-withdrawn",
+        record=False,
+    )
+    return delivered
 
 
 async def deliver_current(
@@ -981,9 +1024,36 @@ async def _push_corrections(
     now: datetime,
 ) -> list[int]:
     """A correction notice to each audience an earlier version was pushed to (once each)."""
+    return await _notice_pushed_audiences(
+        conn,
+        row,
+        await store.pushes_before(conn, row.id, row.version),
+        editor=editor,
+        text=text,
+        settings=settings,
+        now=now,
+        via="rumor-update",
+        record=True,
+    )
+
+
+async def _notice_pushed_audiences(
+    conn: AsyncConnection,
+    row: Any,
+    pushes: Sequence[Any],
+    *,
+    editor: repo.PersonInfo,
+    text: str,
+    settings: Any,
+    now: datetime,
+    via: str,
+    record: bool,
+) -> list[int]:
+    """A notice with ``text`` to each distinct audience of ``pushes`` (once each); ``record``
+    notes it as a push of the current version (so that a later correction reaches it too)."""
     done: set[str] = set()
     notice_ids = []
-    for push in await store.pushes_before(conn, row.id, row.version):
+    for push in pushes:
         audience = push.audience
         key = repr(sorted(audience.items()))
         if key in done:
@@ -1004,17 +1074,18 @@ async def _push_corrections(
         if not draft.regions:
             continue
         created = await notices.create_notice(
-            conn, editor, draft, settings=settings, now=now, via="rumor-update"
+            conn, editor, draft, settings=settings, now=now, via=via
         )
-        await store.insert_push(
-            conn,
-            clarification_id=row.id,
-            version=row.version,
-            notice_id=created.notice_id,
-            audience=audience,
-            pushed_by=editor.id,
-            pushed_at=now,
-        )
+        if record:
+            await store.insert_push(
+                conn,
+                clarification_id=row.id,
+                version=row.version,
+                notice_id=created.notice_id,
+                audience=audience,
+                pushed_by=editor.id,
+                pushed_at=now,
+            )
         notice_ids.append(created.notice_id)
     return notice_ids
 

@@ -540,9 +540,12 @@ async def update_scheduled(conn: AsyncConnection, notice_id: int, **values: Any)
     return bool(result.rowcount)
 
 
-def _takeable(now: datetime) -> ColumnElement[bool]:
+def _takeable(now: datetime, *, urgent_only: bool = False) -> ColumnElement[bool]:
+    scheduled = and_(notices.c.status == NoticeStatus.SCHEDULED, notices.c.send_at <= now)
+    if urgent_only:
+        scheduled = and_(scheduled, notices.c.urgent.is_(True))
     return or_(
-        and_(notices.c.status == NoticeStatus.SCHEDULED, notices.c.send_at <= now),
+        scheduled,
         and_(
             notices.c.status == NoticeStatus.QUEUING,
             or_(notices.c.lease_until.is_(None), notices.c.lease_until < now),
@@ -550,10 +553,16 @@ def _takeable(now: datetime) -> ColumnElement[bool]:
     )
 
 
-async def due_notice_ids(conn: AsyncConnection, now: datetime, *, limit: int = 50) -> list[int]:
-    """Scheduled notices whose time has come, and queuing ones whose process went away."""
+async def due_notice_ids(
+    conn: AsyncConnection, now: datetime, *, limit: int = 50, urgent_only: bool = False
+) -> list[int]:
+    """Scheduled notices whose time has come (only urgent ones with ``urgent_only``), and
+    queuing ones whose process went away."""
     rows = await conn.execute(
-        select(notices.c.id).where(_takeable(now)).order_by(notices.c.send_at).limit(limit)
+        select(notices.c.id)
+        .where(_takeable(now, urgent_only=urgent_only))
+        .order_by(notices.c.send_at)
+        .limit(limit)
     )
     return [int(r.id) for r in rows]
 

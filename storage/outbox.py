@@ -8,21 +8,32 @@ its claim is older than the claim timeout, carrying the same idempotency key.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import JSON, bindparam, func, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.models import ChatGroup, Identity, OutboxMessage, OutboxStatus, Person, utcnow
+from storage.models import (
+    ChatGroup,
+    Identity,
+    OutboxMessage,
+    OutboxStatus,
+    Person,
+    UTCDateTime,
+    utcnow,
+)
 
 outbox = OutboxMessage.__table__
 identities = Identity.__table__
 groups = ChatGroup.__table__
 people = Person.__table__
+KEY_LENGTH = 200  # outbox.key
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +295,78 @@ async def release(conn: AsyncConnection, row_ids: Sequence[int], *, not_before: 
                 claimed_at=None,
                 attempts=outbox.c.attempts - 1,
             )
+        )
+
+
+def part_key(key: str, number: int) -> str:
+    """The key of part ``number`` (2, 3, ...) of the row keyed ``key``: ``key#number``, or a
+    digest of ``key`` with the suffix when that would not fit the column."""
+    suffix = f"#{number}"
+    if len(key) + len(suffix) <= KEY_LENGTH:
+        return key + suffix
+    return hashlib.sha256(key.encode()).hexdigest() + suffix
+
+
+async def split_row(
+    conn: AsyncConnection,
+    message: ClaimedMessage,
+    parts: Sequence[str],
+    *,
+    now: datetime,
+    gap: timedelta,
+) -> None:
+    """A claimed row whose text is too long for its channel keeps the first part; every
+    further part becomes a pending row of its own, with the same target and references, keyed
+    :func:`part_key` and due ``gap`` after the part before.
+
+    Run in the claim's transaction: a crash before it commits leaves the row whole, and after
+    it the row carries its first part only, so it is never split twice; the part keys make the
+    inserts idempotent all the same."""
+    await conn.execute(
+        update(outbox)
+        .where(outbox.c.id == message.id)
+        .values(payload={**message.payload, "text": parts[0]})
+    )
+    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    for number, text in enumerate(parts[1:], start=2):
+        copy = select(
+            literal(part_key(message.key, number)),
+            outbox.c.channel,
+            outbox.c.target_kind,
+            outbox.c.target,
+            outbox.c.rate_key,
+            outbox.c.person_id,
+            outbox.c.group_id,
+            literal({**message.payload, "text": text}, JSON()),
+            literal(OutboxStatus.PENDING.value),
+            literal(0),
+            literal(now + gap * (number - 1), UTCDateTime()),
+            outbox.c.ref_type,
+            outbox.c.ref_id,
+            literal(now, UTCDateTime()),
+        ).where(outbox.c.id == message.id)
+        await conn.execute(
+            dialect.insert(outbox)
+            .from_select(
+                [
+                    "key",
+                    "channel",
+                    "target_kind",
+                    "target",
+                    "rate_key",
+                    "person_id",
+                    "group_id",
+                    "payload",
+                    "status",
+                    "attempts",
+                    "next_attempt_at",
+                    "ref_type",
+                    "ref_id",
+                    "created_at",
+                ],
+                copy,
+            )
+            .on_conflict_do_nothing()
         )
 
 

@@ -1,15 +1,20 @@
 """Queries over residents' requests: numbering, lookups, lists, the timeline, the bulk sweep.
 
-Every function takes an open ``AsyncConnection``; the caller owns the transaction.  The sweep
-functions work a bounded batch per call in one statement each, so their memory does not grow
-with the number of open requests.
+Every function takes an open ``AsyncConnection``; the caller owns the transaction.  A request
+is read together with its clock (:func:`request_query`) and written through
+:func:`update_request`, which keeps the two consistent.  The sweep functions work a bounded
+page per call in set-based statements and return counts, and the escalation alerts are read
+back from the timeline a few rows per handler, so memory does not grow with the number of
+requests moved.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import groupby
 from typing import Any
 
 from sqlalchemy import (
@@ -23,24 +28,32 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import LEVEL_ORDER, PersonRole, RegionLevel, Role, UTCDateTime
 from storage.repo import RegionInfo, new_id, region_chain, responsible_people
 from storage.requests_models import (
-    OPEN_STATUSES,
+    STAGE_OF_STATUS,
+    ClockStage,
+    RequestClock,
     RequestCounter,
     RequestEvent,
     RequestStatus,
+    RequestSweepState,
     ResidentRequest,
 )
 
 requests = ResidentRequest.__table__
+clocks = RequestClock.__table__
+sweep_state = RequestSweepState.__table__
 events = RequestEvent.__table__
 counters = RequestCounter.__table__
 roles = PersonRole.__table__
@@ -133,10 +146,44 @@ async def ancestor_ids(conn: AsyncConnection, region: RegionInfo) -> dict[str, i
 
 # -- rows ----------------------------------------------------------------------------------
 
+# The columns that live on the request's clock (see ``RequestClock``), read and written as if
+# they were the request's own.
+CLOCK_FIELDS = frozenset({"level", "handler_id", "escalate_at", "escalations"})
+
+
+def request_query() -> Any:
+    """``SELECT`` of requests with their clock's columns (``level``, ``handler_id``,
+    ``stage``, ``escalate_at``, ``escalations``): one row per request, as callers see it."""
+    return select(
+        requests,
+        clocks.c.level,
+        clocks.c.handler_id,
+        clocks.c.stage,
+        clocks.c.escalate_at,
+        clocks.c.escalations,
+    ).join_from(requests, clocks, clocks.c.request_id == requests.c.id)
+
+
+def _split(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(request columns, clock columns) of ``values``; a status also sets the clock's stage,
+    and a status that is not open stops the clock."""
+    row = {k: v for k, v in values.items() if k not in CLOCK_FIELDS}
+    clock = {k: v for k, v in values.items() if k in CLOCK_FIELDS}
+    if "status" in row:
+        clock["stage"] = STAGE_OF_STATUS.get(row["status"])
+        if clock["stage"] is None:
+            clock["escalate_at"] = None
+    return row, clock
+
 
 async def insert_request(conn: AsyncConnection, values: Mapping[str, Any]) -> int:
-    result = await conn.execute(insert(requests).values(**values))
-    return new_id(result)
+    """Insert a request and its clock (``level``, ``handler_id``, ``escalate_at`` and
+    ``escalations`` among ``values`` go to the clock); returns the new id."""
+    row, clock = _split(values)
+    request_id = new_id(await conn.execute(insert(requests).values(**row)))
+    clock.setdefault("escalations", 0)
+    await conn.execute(insert(clocks).values(request_id=request_id, **clock))
+    return request_id
 
 
 async def get_request(
@@ -146,8 +193,9 @@ async def get_request(
     request_id: int | None = None,
     for_update: bool = False,
 ) -> Any | None:
-    """One request by number or id; ``for_update`` takes its row lock (PostgreSQL)."""
-    query = select(requests)
+    """One request by number or id; ``for_update`` takes the row locks of the request and of
+    its clock (PostgreSQL), so that the deadline sweep skips it until the caller commits."""
+    query = request_query()
     if number is not None:
         query = query.where(requests.c.number == number)
     else:
@@ -158,7 +206,13 @@ async def get_request(
 
 
 async def update_request(conn: AsyncConnection, request_id: int, **values: Any) -> None:
-    await conn.execute(update(requests).where(requests.c.id == request_id).values(**values))
+    """Change a request; the clock's columns go to its clock, whose stage follows the status
+    (a resolved or closed request's clock stops)."""
+    row, clock = _split(values)
+    if row:
+        await conn.execute(update(requests).where(requests.c.id == request_id).values(**row))
+    if clock:
+        await conn.execute(update(clocks).where(clocks.c.request_id == request_id).values(**clock))
 
 
 async def add_event(
@@ -199,7 +253,7 @@ async def list_events(conn: AsyncConnection, request_id: int) -> list[Any]:
 async def list_for_resident(conn: AsyncConnection, resident_id: int, *, limit: int) -> list[Any]:
     return list(
         await conn.execute(
-            select(requests)
+            request_query()
             .where(requests.c.resident_id == resident_id)
             .order_by(requests.c.id.desc())
             .limit(limit)
@@ -211,7 +265,7 @@ async def awaiting_resident(conn: AsyncConnection, resident_id: int) -> list[Any
     """The resident's resolved requests that wait for their word (newest first)."""
     return list(
         await conn.execute(
-            select(requests)
+            request_query()
             .where(
                 requests.c.resident_id == resident_id,
                 requests.c.status == RequestStatus.RESOLVED,
@@ -224,8 +278,8 @@ async def awaiting_resident(conn: AsyncConnection, resident_id: int) -> list[Any
 async def list_for_handler(conn: AsyncConnection, person_id: int, *, limit: int) -> list[Any]:
     return list(
         await conn.execute(
-            select(requests)
-            .where(requests.c.handler_id == person_id, requests.c.status.in_(OPEN_STATUSES))
+            request_query()
+            .where(clocks.c.handler_id == person_id, clocks.c.stage.is_not(None))
             .order_by(requests.c.sla_due_at, requests.c.id)
             .limit(limit)
         )
@@ -235,7 +289,7 @@ async def list_for_handler(conn: AsyncConnection, person_id: int, *, limit: int)
 async def list_for_volunteer(conn: AsyncConnection, person_id: int, *, limit: int) -> list[Any]:
     return list(
         await conn.execute(
-            select(requests)
+            request_query()
             .where(
                 requests.c.volunteer_id == person_id,
                 requests.c.volunteer_status.in_(["handed", "accepted"]),
@@ -264,7 +318,7 @@ async def list_in_region(
     before_id: int | None = None,
 ) -> list[Any]:
     """Requests in ``region``'s subtree, newest first, one page (``before_id`` pages on)."""
-    query = select(requests).where(in_region(region))
+    query = request_query().where(in_region(region))
     if statuses:
         query = query.where(requests.c.status.in_(list(statuses)))
     if before_id is not None:
@@ -281,7 +335,7 @@ async def overdue_in_region(
     condition = and_(in_region(region), requests.c.sla_due_at < now)
     total = (await conn.execute(select(func.count()).where(condition))).scalar_one()
     rows = await conn.execute(
-        select(requests)
+        request_query()
         .where(condition)
         .order_by(requests.c.sla_due_at, requests.c.id)
         .limit(limit)
@@ -291,6 +345,35 @@ async def overdue_in_region(
 
 
 # -- the deadline sweep --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """What one page of the sweep did: clocks moved up, and of those, how many had no level
+    left to go to (their clocks stopped)."""
+
+    count: int
+    exhausted: int
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationAlert:
+    """What one handler is told about the escalations the timeline recorded for them since the
+    last alerts: those moved to them (``escalated``), or those that stayed with them with no
+    level left to go to.  ``first_event_id`` (the earliest such event) names the alert."""
+
+    handler_id: int
+    escalated: bool
+    count: int
+    first_event_id: int
+    level: str
+    due: datetime | None  # the first request's next escalation time
+    numbers: tuple[str, ...]  # the first ``ALERT_NUMBERS`` request numbers, in event order
+
+
+ALERT_NUMBERS = 5  # request numbers listed in one escalation alert
+# A clock row's tuple id (PostgreSQL): the sweep claims rows and then updates exactly those.
+clock_tid: Any = literal_column("request_clocks.ctid")
 
 
 def _responsible(region_column: Any, role: str) -> Any:
@@ -303,20 +386,176 @@ def _responsible(region_column: Any, role: str) -> Any:
     )
 
 
-def _window_case(windows: Mapping[tuple[str, str, str], datetime], default: datetime) -> Any:
-    """``CASE`` giving each (stage, category, urgency) its next escalation time."""
+def _window_case(
+    due: Any, windows: Mapping[tuple[str, str, str], datetime], default: datetime
+) -> Any:
+    """``CASE`` giving each (stage, category, urgency) of the ``due`` rows its next
+    escalation time."""
     whens = [
         (
-            and_(
-                requests.c.status == status,
-                requests.c.category == category,
-                requests.c.urgency == urgency,
-            ),
-            literal(due, UTCDateTime()),
+            and_(due.c.stage == stage, due.c.category == category, due.c.urgency == urgency),
+            literal(at, UTCDateTime()),
         )
-        for (status, category, urgency), due in windows.items()
+        for (stage, category, urgency), at in windows.items()
     ]
     return case(*whens, else_=literal(default, UTCDateTime()))
+
+
+def _escalation_steps(
+    *,
+    now: datetime,
+    windows: Mapping[tuple[str, str, str], datetime],
+    default_due: datetime,
+    batch: int,
+    postgres: bool,
+) -> Any:
+    """The ``step`` CTE: one page of due clocks (oldest first; on PostgreSQL claimed with
+    ``FOR UPDATE SKIP LOCKED``), each with the level, handler and escalation time it moves to.
+
+    On PostgreSQL each due clock's request is read through a ``LATERAL`` subquery that cannot
+    be flattened (``OFFSET 0``): one primary-key probe per clock, in the due index's order,
+    however many are due (as a plain join, the planner hashes the whole requests table as soon
+    as a few times a page are due).  Who is responsible above a request is looked up once per
+    distinct chain of ancestors in the page (a few hundred index probes), not once per request:
+    ``chain`` is materialized and joined back, so the lookups do not run again for every row
+    that uses them."""
+    wanted = (
+        requests.c.category,
+        requests.c.urgency,
+        requests.c.community_id,
+        requests.c.street_id,
+        requests.c.district_id,
+        requests.c.city_id,
+    )
+    request: Any
+    if postgres:
+        request = select(*wanted).where(requests.c.id == clocks.c.request_id).offset(0).lateral("r")
+        due_from = clocks.join(request, true())
+    else:
+        request = select(requests.c.id, *wanted).subquery("r")
+        due_from = clocks.join(request, request.c.id == clocks.c.request_id)
+    due_query = (
+        select(
+            clocks.c.request_id,
+            clocks.c.level.label("old_level"),
+            clocks.c.stage,
+            *[request.c[c.name] for c in wanted],
+            # The lowest ancestor a request has names its whole chain (region ids are unique
+            # across levels, and a node's ancestors are fixed): one join key for the lookups.
+            func.coalesce(
+                request.c.community_id,
+                request.c.street_id,
+                request.c.district_id,
+                request.c.city_id,
+                0,
+            ).label("place"),
+            *([clock_tid.label("tid")] if postgres else []),
+        )
+        .select_from(due_from)
+        .where(clocks.c.escalate_at <= now)
+        .order_by(clocks.c.escalate_at)
+        .limit(batch)
+    )
+    if postgres:
+        due_query = due_query.with_for_update(of=clocks, skip_locked=True)
+    due = due_query.cte("due").prefix_with("MATERIALIZED")
+    places = (
+        select(due.c.place, due.c.community_id, due.c.street_id, due.c.district_id, due.c.city_id)
+        .distinct()
+        .subquery("places")
+    )
+    chain = (
+        select(
+            places.c.place,
+            func.coalesce(
+                _responsible(places.c.community_id, Role.ADMIN),
+                _responsible(places.c.community_id, Role.WARDEN),
+            ).label("community_pid"),
+            _responsible(places.c.street_id, Role.ADMIN).label("street_pid"),
+            _responsible(places.c.district_id, Role.ADMIN).label("district_pid"),
+            _responsible(places.c.city_id, Role.ADMIN).label("city_pid"),
+        )
+        .cte("chain")
+        .prefix_with("MATERIALIZED")
+    )
+    old = due.c.old_level
+    below_street = old.in_([RegionLevel.GRID, RegionLevel.COMMUNITY])
+    below_district = old.in_([RegionLevel.GRID, RegionLevel.COMMUNITY, RegionLevel.STREET])
+    steps = [
+        (and_(old == RegionLevel.GRID, chain.c.community_pid.is_not(None)),
+         RegionLevel.COMMUNITY, chain.c.community_pid),
+        (and_(below_street, chain.c.street_pid.is_not(None)),
+         RegionLevel.STREET, chain.c.street_pid),
+        (and_(below_district, chain.c.district_pid.is_not(None)),
+         RegionLevel.DISTRICT, chain.c.district_pid),
+        (and_(old != RegionLevel.CITY, chain.c.city_pid.is_not(None)),
+         RegionLevel.CITY, chain.c.city_pid),
+    ]  # fmt: skip
+    return (
+        select(
+            due.c.request_id,
+            old.label("old_level"),
+            case(*[(cond, literal(str(level))) for cond, level, _ in steps], else_=None).label(
+                "new_level"
+            ),
+            case(*[(cond, pid) for cond, _, pid in steps], else_=None).label("new_handler"),
+            _window_case(due, windows, default_due).label("next_due"),
+            *([due.c.tid] if postgres else []),
+        )
+        .join_from(due, chain, chain.c.place == due.c.place)
+        .cte("step")
+    )
+
+
+def _move_clocks(step: Any, now: datetime, *, postgres: bool) -> Any:
+    """``UPDATE request_clocks ... FROM step``: each claimed clock one level up, or stopped
+    when there is no level left.  Conditional on the clock still being at the level the step
+    was computed from and still due, so no request moves twice for one deadline.
+
+    On PostgreSQL the clocks are fetched by the tuple ids the page claimed (a TID scan): left
+    to itself the planner reads the whole due range of the index for every page, which grows
+    with the backlog."""
+    stays = step.c.new_level.is_(None)
+    claimed = (
+        [clock_tid == any_(func.array(select(step.c.tid).scalar_subquery()))] if postgres else []
+    )
+    return (
+        update(clocks)
+        .where(
+            *claimed,
+            clocks.c.request_id == step.c.request_id,
+            clocks.c.level == step.c.old_level,
+            clocks.c.escalate_at <= now,
+        )
+        .values(
+            level=func.coalesce(step.c.new_level, clocks.c.level),
+            handler_id=func.coalesce(step.c.new_handler, clocks.c.handler_id),
+            escalate_at=case((stays, None), else_=step.c.next_due),
+            escalations=clocks.c.escalations + case((stays, 0), else_=1),
+        )
+    )
+
+
+def _record_moves(moved: Any, now: datetime) -> Any:
+    """``INSERT INTO request_events ... SELECT`` one timeline row per moved clock: escalated
+    to its new level and handler, or ``deadline_missed`` when it had nowhere to go."""
+    stage = case(
+        (moved.c.stage == ClockStage.ACCEPT, literal({"stage": "accept"}, JSON())),
+        else_=literal({"stage": "resolve"}, JSON()),
+    )
+    return insert(events).from_select(
+        ["request_id", "at", "kind", "actor_id", "person_id", "level", "text", "detail"],
+        select(
+            moved.c.request_id,
+            literal(now, UTCDateTime()),
+            case((moved.c.escalate_at.is_(None), "deadline_missed"), else_="escalated"),
+            literal(None, BigInteger()),
+            moved.c.handler_id,
+            moved.c.level,
+            literal(None, Text()),
+            stage,
+        ),
+    )
 
 
 async def escalate_due(
@@ -326,93 +565,182 @@ async def escalate_due(
     windows: Mapping[tuple[str, str, str], datetime],
     default_due: datetime,
     batch: int,
-    skip_locked: bool,
-) -> list[Any]:
-    """Move up to ``batch`` open requests whose escalation time has come one level up, in one
-    statement, and return them as they are now.
+) -> Moved:
+    """Move up to ``batch`` requests whose escalation time has come one level up and record
+    each move on its timeline (who has it now, at which level); returns how many moved.
 
     The next level is the first one above the current that has somebody responsible (see
-    :func:`responsible_at`); a request with nowhere left to go keeps its handler and gets no
-    further escalation time (``escalate_at`` comes back ``NULL``).  ``windows`` maps (status,
-    category, urgency) to the next escalation time.
+    :func:`responsible_at`); a request with nowhere left to go keeps its handler and its clock
+    stops (``escalate_at`` becomes ``NULL``).  ``windows`` maps (stage, category, urgency) to
+    the next escalation time.  Only the narrow clock rows are rewritten.
 
-    Idempotent: the UPDATE only touches a row whose level is still the one the next level was
-    computed from and whose escalation time is still due, so a second sweep (another process,
-    or the same one again) finds nothing to do for it.  On PostgreSQL the candidate rows are
-    claimed with ``FOR UPDATE SKIP LOCKED``, so two sweeps split the work instead of queueing.
+    On PostgreSQL this is one statement: claim the page, move the clocks and insert the
+    timeline rows, in data-modifying CTEs; Python reads one row.  SQLite (whose writers are
+    serialized anyway) runs the same parts as two statements.  The caller holds the alert mark
+    (:func:`hold_alert_mark`) first; alerts are made from the timeline afterwards.
+
+    Idempotent: the UPDATE only touches a clock still at the level the next one was computed
+    from and still due, so a second sweep (another process, or the same one again) finds
+    nothing to do for it.  On PostgreSQL the page is claimed with ``FOR UPDATE SKIP LOCKED``,
+    so two sweeps split the work instead of queueing, and a desk action holding a request's
+    clock (``get_request(for_update=True)``) keeps the sweep off it until it commits.
     """
-    # The candidates: due rows in escalation order, one batch, claimed.  Each row's possible
-    # handlers above it are looked up here, per row, by index; the LIMIT keeps this subquery
-    # from being flattened, so each lookup runs once per claimed row.
-    r = requests.alias("r")
-    candidates = (
-        select(
-            r.c.id,
-            r.c.level.label("old_level"),
-            func.coalesce(
-                _responsible(r.c.community_id, Role.ADMIN),
-                _responsible(r.c.community_id, Role.WARDEN),
-            ).label("community_pid"),
-            _responsible(r.c.street_id, Role.ADMIN).label("street_pid"),
-            _responsible(r.c.district_id, Role.ADMIN).label("district_pid"),
-            _responsible(r.c.city_id, Role.ADMIN).label("city_pid"),
-        )
-        .where(r.c.escalate_at <= now, r.c.status.in_(OPEN_STATUSES))
-        .order_by(r.c.escalate_at)
-        .limit(batch)
+    postgres = conn.dialect.name == "postgresql"
+    step = _escalation_steps(
+        now=now, windows=windows, default_due=default_due, batch=batch, postgres=postgres
     )
-    if skip_locked:
-        candidates = candidates.with_for_update(of=r, skip_locked=True)
-    c = candidates.subquery("c")
-    below_street = c.c.old_level.in_([RegionLevel.GRID, RegionLevel.COMMUNITY])
-    below_district = c.c.old_level.in_(
-        [RegionLevel.GRID, RegionLevel.COMMUNITY, RegionLevel.STREET]
-    )
-    steps = [
-        (and_(c.c.old_level == RegionLevel.GRID, c.c.community_pid.is_not(None)),
-         RegionLevel.COMMUNITY, c.c.community_pid),
-        (and_(below_street, c.c.street_pid.is_not(None)), RegionLevel.STREET, c.c.street_pid),
-        (and_(below_district, c.c.district_pid.is_not(None)),
-         RegionLevel.DISTRICT, c.c.district_pid),
-        (and_(c.c.old_level != RegionLevel.CITY, c.c.city_pid.is_not(None)),
-         RegionLevel.CITY, c.c.city_pid),
-    ]  # fmt: skip
-    next_level = case(*[(cond, literal(str(level))) for cond, level, _ in steps], else_=None)
-    next_handler = case(*[(cond, pid) for cond, _, pid in steps], else_=None)
-    stmt = (
-        update(requests)
-        .where(
-            requests.c.id == c.c.id,
-            requests.c.level == c.c.old_level,
-            requests.c.escalate_at <= now,
-            requests.c.status.in_(OPEN_STATUSES),
-        )
-        .values(
-            level=func.coalesce(next_level, requests.c.level),
-            handler_id=func.coalesce(next_handler, requests.c.handler_id),
-            escalate_at=case(
-                (next_level.is_(None), None), else_=_window_case(windows, default_due)
-            ),
-            escalations=requests.c.escalations + case((next_level.is_(None), 0), else_=1),
-        )
-        .returning(
-            requests.c.id,
-            requests.c.number,
-            requests.c.status,
-            requests.c.category,
-            requests.c.urgency,
-            requests.c.level,
-            requests.c.handler_id,
-            requests.c.escalate_at,
-            requests.c.escalations,
-            requests.c.resident_id,
-        )
-    )
-    if conn.dialect.name == "postgresql":
-        # The per-row lookups make the plan look expensive enough for JIT compilation, which
-        # costs more than the statement itself.
+    move = _move_clocks(step, now, postgres=postgres)
+    if postgres:
+        moved = move.returning(
+            clocks.c.request_id,
+            clocks.c.level,
+            clocks.c.handler_id,
+            clocks.c.stage,
+            clocks.c.escalate_at,
+        ).cte("moved")
+        recorded = _record_moves(moved, now).cte("recorded")
+        # A plan this size looks expensive enough for JIT compilation, which costs more than
+        # the statement itself.
         await conn.execute(text("SET LOCAL jit = off"))
-    return list(await conn.execute(stmt))
+        row = (
+            await conn.execute(
+                select(func.count(), func.sum(case((moved.c.escalate_at.is_(None), 1), else_=0)))
+                .select_from(moved)
+                .add_cte(recorded)
+            )
+        ).one()
+        return Moved(int(row[0]), int(row[1] or 0))
+    # SQLite: the timeline rows are written from the moved clocks, read back by id.
+    moved_rows = list(await conn.execute(move.returning(clocks.c.request_id, clocks.c.escalate_at)))
+    if moved_rows:
+        ids = [r.request_id for r in moved_rows]
+        await conn.execute(
+            _record_moves(
+                select(clocks).where(among(conn, clocks.c.request_id, ids)).subquery("moved"),
+                now,
+            )
+        )
+    return Moved(len(moved_rows), sum(1 for r in moved_rows if r.escalate_at is None))
+
+
+# -- escalation alerts -----------------------------------------------------------------------
+
+SWEEP_STATE_ID = 1
+ESCALATION_KINDS = ("escalated", "deadline_missed")
+
+
+async def hold_alert_mark(conn: AsyncConnection) -> None:
+    """Share the sweep's state row until the transaction ends (PostgreSQL; SQLite has one
+    writer): taken by each page before it writes timeline rows, so that the alert step, which
+    takes the row exclusively, only reads the newest event id once those rows are committed.
+    The row is created first if it is missing (as after a truncation)."""
+    await _ensure_sweep_state(conn)
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            select(sweep_state.c.id)
+            .where(sweep_state.c.id == SWEEP_STATE_ID)
+            .with_for_update(read=True)
+        )
+
+
+async def _ensure_sweep_state(conn: AsyncConnection) -> None:
+    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    await conn.execute(
+        dialect.insert(sweep_state)
+        .values(id=SWEEP_STATE_ID, alerted_event_id=0)
+        .on_conflict_do_nothing()
+    )
+
+
+async def take_alert_mark(conn: AsyncConnection) -> tuple[int, int]:
+    """Lock the sweep's state row (waiting for pages still writing) and return (the event up
+    to which handlers were alerted, the newest event)."""
+    await _ensure_sweep_state(conn)
+    mark = (
+        await conn.execute(
+            select(sweep_state.c.alerted_event_id)
+            .where(sweep_state.c.id == SWEEP_STATE_ID)
+            .with_for_update()
+        )
+    ).scalar_one()
+    newest = (await conn.execute(select(func.max(events.c.id)))).scalar()
+    return int(mark), int(newest or 0)
+
+
+async def set_alert_mark(conn: AsyncConnection, event_id: int) -> None:
+    await conn.execute(
+        update(sweep_state)
+        .where(sweep_state.c.id == SWEEP_STATE_ID)
+        .values(alerted_event_id=event_id)
+    )
+
+
+async def unalerted_escalations(
+    conn: AsyncConnection, *, after: int, upto: int
+) -> list[EscalationAlert]:
+    """The escalation events with ids in (``after``, ``upto``] grouped per handler and kind:
+    one alert each.  Two small queries: the first ``ALERT_NUMBERS`` events of every group (with
+    the group's size, read by a window over the event id range), then their request numbers
+    and the first request's next escalation time by primary key."""
+    group = (events.c.person_id, events.c.kind)
+    ranked = (
+        select(
+            events.c.id,
+            events.c.request_id,
+            events.c.person_id,
+            events.c.kind,
+            events.c.level,
+            func.row_number().over(partition_by=group, order_by=events.c.id).label("rn"),
+            func.count().over(partition_by=group).label("size"),
+        )
+        .where(
+            events.c.id > after,
+            events.c.id <= upto,
+            events.c.kind.in_(ESCALATION_KINDS),
+            events.c.person_id.is_not(None),
+        )
+        .subquery("ranked")
+    )
+    heads = list(
+        await conn.execute(
+            select(ranked)
+            .where(ranked.c.rn <= ALERT_NUMBERS)
+            .order_by(ranked.c.person_id, ranked.c.kind, ranked.c.rn)
+        )
+    )
+    if not heads:
+        return []
+    ids = sorted({r.request_id for r in heads})
+    numbers = dict(
+        (r.id, r.number)
+        for r in await conn.execute(
+            select(requests.c.id, requests.c.number).where(among(conn, requests.c.id, ids))
+        )
+    )
+    due = dict(
+        (r.request_id, r.escalate_at)
+        for r in await conn.execute(
+            select(clocks.c.request_id, clocks.c.escalate_at).where(
+                among(conn, clocks.c.request_id, [r.request_id for r in heads if r.rn == 1])
+            )
+        )
+    )
+    alerts = []
+    for (person_id, kind), rows in groupby(heads, key=lambda r: (r.person_id, r.kind)):
+        members = list(rows)
+        first = members[0]
+        alerts.append(
+            EscalationAlert(
+                handler_id=person_id,
+                escalated=kind == "escalated",
+                count=int(first.size),
+                first_event_id=first.id,
+                level=first.level,
+                due=due.get(first.request_id),
+                numbers=tuple(numbers[r.request_id] for r in members),
+            )
+        )
+    return alerts
 
 
 async def close_unanswered(
@@ -442,50 +770,42 @@ async def close_unanswered(
             requests.c.id.in_(candidates.scalar_subquery()),
             requests.c.status == RequestStatus.RESOLVED,
         )
-        .values(status=RequestStatus.CLOSED, closed_at=now, sla_due_at=None, escalate_at=None)
-        .returning(requests.c.id, requests.c.number, requests.c.resident_id, requests.c.level)
+        .values(status=RequestStatus.CLOSED, closed_at=now, sla_due_at=None)
+        .returning(requests.c.id, requests.c.number, requests.c.resident_id)
     )
     return list(await conn.execute(stmt))
 
 
-async def record_sweep_events(
+async def record_auto_closed(
     conn: AsyncConnection, request_ids: Sequence[int], *, now: datetime
 ) -> None:
-    """One timeline row per request the sweep just moved, built by the database from the
-    requests as they are now (no per-row round trip): ``escalated`` to the new level and
-    handler, or ``deadline_missed`` when there was no level left to go to."""
+    """One ``auto_closed`` timeline row per request, at the level its clock stopped at."""
     if not request_ids:
         return
-    stage = case(
-        (requests.c.status == RequestStatus.PENDING, literal({"stage": "accept"}, JSON())),
-        else_=literal({"stage": "resolve"}, JSON()),
-    )
     await conn.execute(
         insert(events).from_select(
             ["request_id", "at", "kind", "actor_id", "person_id", "level", "text", "detail"],
             select(
-                requests.c.id,
+                clocks.c.request_id,
                 literal(now, UTCDateTime()),
-                case((requests.c.escalate_at.is_(None), "deadline_missed"), else_="escalated"),
+                literal("auto_closed"),
                 literal(None, BigInteger()),
-                requests.c.handler_id,
-                requests.c.level,
+                literal(None, BigInteger()),
+                clocks.c.level,
                 literal(None, Text()),
-                stage,
-            ).where(_id_among(conn, request_ids)),
+                literal({}, JSON()),
+            ).where(among(conn, clocks.c.request_id, request_ids)),
         )
     )
 
 
-def _id_among(conn: AsyncConnection, request_ids: Sequence[int]) -> Any:
-    """``id = ANY(:ids)`` on PostgreSQL (one array parameter), ``id IN (...)`` on SQLite."""
+def among(conn: AsyncConnection, column: Any, ids: Sequence[int]) -> Any:
+    """``column`` is one of ``ids``, as one parameter however many there are: ``= ANY(array)``
+    on PostgreSQL, ``IN (SELECT value FROM json_each(...))`` on SQLite."""
     if conn.dialect.name == "postgresql":
-        return requests.c.id == any_(
-            bindparam("request_ids", list(request_ids), type_=postgresql.ARRAY(BigInteger()))
+        return column == any_(bindparam("among_ids", list(ids), type_=ARRAY(BigInteger())))
+    return column.in_(
+        select(literal_column("value")).select_from(
+            func.json_each(bindparam("among_ids", json.dumps(list(ids)), type_=Text()))
         )
-    return requests.c.id.in_(list(request_ids))
-
-
-async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await conn.execute(insert(events), list(rows))
+    )

@@ -423,6 +423,20 @@ async def earlier_recipients(
     return [row.person_id for row in rows]
 
 
+async def recipients(
+    conn: AsyncConnection, clarification_id: int, *, after: int, limit: int
+) -> list[int]:
+    """People who received any version of the clarification (one page of ids above
+    ``after``, ascending)."""
+    rows = await conn.execute(
+        select(deliveries.c.person_id)
+        .where(deliveries.c.clarification_id == clarification_id, deliveries.c.person_id > after)
+        .order_by(deliveries.c.person_id)
+        .limit(limit)
+    )
+    return [row.person_id for row in rows]
+
+
 async def current_targets(conn: AsyncConnection, person_ids: Sequence[int]) -> dict[int, Target]:
     """The channel account each person was last seen on (as ``outbox.person_target`` picks it),
     for one page of people in one query; opted-out and unreachable people are left out."""

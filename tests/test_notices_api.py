@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 
 import pytest
 from notices_support import (
@@ -261,6 +261,58 @@ async def test_resend_reaches_non_acknowledgers_only(make_config, start_app, dem
     )
     r = await api(client, token, "POST", f"/{(await r.json())['id']}/resend")
     assert (await error_of(r, 409))["code"] == "not_sent_yet"
+
+
+async def test_a_scheduled_notice_due_in_quiet_hours_waits_scheduled_until_they_end(
+    make_config, start_app, demo, db
+):
+    config = make_config(
+        notices={"quiet_hours": True, "quiet_start": "22:00", "quiet_end": "07:00"}
+    )
+    client, _ = await start_app(config)
+    token = await create_token(db, demo.wardens["G0101"])
+    tomorrow = (utcnow().astimezone(config.tz) + timedelta(days=1)).date()
+    night = datetime.combine(tomorrow, time(23, 0), tzinfo=config.tz)
+    morning = datetime.combine(tomorrow + timedelta(days=1), time(7, 0), tzinfo=config.tz)
+    created = {}
+    for text, urgent in (("明早停水", False), ("紧急疏散", True)):
+        r = await api(
+            client,
+            token,
+            "POST",
+            json={
+                "text": text,
+                "regions": ["G0101"],
+                "urgent": urgent,
+                "send_at": night.isoformat(),
+            },
+        )
+        assert r.status == 201, await r.text()
+        created[urgent] = await r.json()
+    calm, urgent = created[False], created[True]
+    texts = Texts()
+
+    # at its time, in the quiet hours: only the urgent one goes
+    at_night = night + timedelta(minutes=1)
+    assert await queue_due_notices(db, texts=texts, settings=config, now=at_night) == 1
+    assert {r.next_attempt_at for r in await outbox_of(db, urgent["id"])} == {at_night}
+    assert await outbox_of(db, calm["id"]) == []
+    r = await api(client, token, "GET", f"/{calm['id']}")
+    assert (await r.json())["status"] == "scheduled"
+    # still the sender's to change during the night
+    r = await api(client, token, "PATCH", f"/{calm['id']}", json={"text": "明早八点到十点停水"})
+    assert r.status == 200, await r.text()
+    just_before = morning - timedelta(minutes=1)
+    assert await queue_due_notices(db, texts=texts, settings=config, now=just_before) == 0
+
+    # the first run after the quiet hours queues it, due then, with the edited text
+    after = morning + timedelta(seconds=5)
+    assert await queue_due_notices(db, texts=texts, settings=config, now=after) == 1
+    rows = await outbox_of(db, calm["id"])
+    assert rows and {r.next_attempt_at for r in rows} == {after}
+    assert all("明早八点到十点停水" in r.payload["text"] for r in rows)
+    r = await api(client, token, "GET", f"/{calm['id']}")
+    assert (await r.json())["status"] == "sent"
 
 
 async def test_openapi_lists_the_notice_operations(make_config, start_app):

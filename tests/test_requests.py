@@ -16,11 +16,13 @@ from flows.messages import Inbound
 from flows.requests import Desk, sweep_deadlines
 from flows.texts import Texts
 from storage import repo
+from storage import requests_repo as rq
 from storage.db import Database
 from storage.models import OutboxMessage, Role, SimMessage, utcnow
-from storage.requests_models import RequestEvent, ResidentRequest
+from storage.requests_models import RequestClock, RequestEvent, ResidentRequest
 
 requests_t = ResidentRequest.__table__
+clocks_t = RequestClock.__table__
 events_t = RequestEvent.__table__
 sim_t = SimMessage.__table__
 outbox_t = OutboxMessage.__table__
@@ -50,8 +52,9 @@ async def pushed(rt, person_id: int) -> list[str]:
 
 
 async def request_row(db, number: str):
+    """The request as the application reads it (with its clock's level, handler, ...)."""
     async with db.read() as conn:
-        return (await conn.execute(select(requests_t).where(requests_t.c.number == number))).first()
+        return await rq.get_request(conn, number=number)
 
 
 async def event_kinds(db, number: str) -> list[str]:
@@ -624,7 +627,7 @@ async def test_two_schedulers_sweeping_at_once_escalate_each_request_once(
         await second.dispose()
     assert sum(r.escalated + r.exhausted for r in reports) == len(residents)
     async with db.read() as conn:
-        escalations = [r.escalations for r in await conn.execute(select(requests_t))]
+        escalations = [r.escalations for r in await conn.execute(select(clocks_t))]
         kinds = [r.kind for r in await conn.execute(select(events_t.c.kind))]
         alert_keys = [
             r.key

@@ -471,6 +471,63 @@ async def test_correction_goes_to_earlier_recipients_marked_as_update(
     assert any(t.startswith("【更新】") for t in texts)
 
 
+async def test_withdrawal_tells_everyone_who_received_it_and_the_pushed_regions(
+    make_config, start_app, demo, db
+):
+    client, rt = await start_app(make_config(notices={"quiet_hours": False}))
+    token = await admin_token(db, demo)
+    inline, asker, bystander = demo.resident_ids[:3]
+    await ask_unknown(client, [asker])
+    [item] = await pending_items(client, token)
+    created = await ok(
+        await call(
+            client,
+            token,
+            "POST",
+            f"/review/{item['id']}/clarification",
+            json={**CLAIM, "publish": True},
+        ),
+        201,
+    )
+    cid = created["id"]
+    assert CLAIM["explanation"] in await say(client, inline, "这是真的吗 " + UNKNOWN_POST)
+    pushed = await ok(
+        await call(
+            client, token, "POST", f"/clarifications/{cid}/push", json={"regions": ["G0101"]}
+        ),
+        201,
+    )
+
+    withdrawn = await ok(await call(client, token, "POST", f"/clarifications/{cid}/withdraw"))
+    assert withdrawn["status"] == "withdrawn"
+    assert withdrawn["delivered"]["withdrawn"] == 2
+    [notice_id] = withdrawn["delivered"]["withdrawal_notices"]
+
+    told = [r for r in await rumor_outbox(db, cid) if ":withdrawn:" in r.key]
+    assert sorted(r.person_id for r in told) == sorted([inline, asker])
+    for row in told:
+        assert row.payload["text"].startswith("【撤回】")
+        assert CLAIM["claim"] in row.payload["text"]
+    assert all(r.person_id != bystander for r in await rumor_outbox(db, cid))
+    async with db.read() as conn:
+        notice = (await conn.execute(select(Notice.__table__).where(Notice.id == notice_id))).one()
+    assert notice.text.startswith("【撤回】") and notice.status == "sent"
+    original = await rows(
+        db, outbox, outbox.c.ref_type == "notice", outbox.c.ref_id == pushed["notice_id"]
+    )
+    withdrawal = await rows(db, outbox, outbox.c.ref_type == "notice", outbox.c.ref_id == notice_id)
+    assert len(withdrawal) == len(original)
+    # withdrawing once more is refused and tells nobody again
+    await refused(
+        await call(client, token, "POST", f"/clarifications/{cid}/withdraw"), 409, "not_published"
+    )
+    assert len([r for r in await rumor_outbox(db, cid) if ":withdrawn:" in r.key]) == 2
+
+    await rt.delivery.run_once()
+    texts = [m.text for m in await rows(db, sim_messages, sim_messages.c.target == f"sim-{asker}")]
+    assert any(t.startswith("【撤回】") for t in texts)
+
+
 # -- push ------------------------------------------------------------------------------------
 
 

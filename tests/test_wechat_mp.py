@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from fakes.wechat_api import FakeWeChat, start_fake_wechat
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from wechat_client import (
     ACCOUNT,
     AES_KEY,
@@ -26,6 +26,7 @@ from wechat_client import (
 )
 
 from bot.channels.wxprotocol import MessageCrypto, safe_parse_xml, url_signature
+from bot.messages import Outbound
 from handlers.router import Route
 from storage import repo
 from storage.models import InboundMessage, OutboxMessage, Person, RawPayload, utcnow
@@ -54,7 +55,13 @@ async def fake() -> AsyncIterator[FakeWeChat]:
 def mp_config(make_config, fake):
     """A config with the official account on (safe mode unless ``aes_key=""``)."""
 
-    def build(*, aes_key: str = AES_KEY, conversation: dict[str, Any] | None = None, **mp: Any):
+    def build(
+        *,
+        aes_key: str = AES_KEY,
+        conversation: dict[str, Any] | None = None,
+        notices: dict[str, Any] | None = None,
+        **mp: Any,
+    ):
         section = {
             "enabled": True,
             "app_id": fake.app_id,
@@ -65,6 +72,8 @@ def mp_config(make_config, fake):
             **mp,
         }
         extra = {"conversation": conversation} if conversation else {}
+        if notices:
+            extra["notices"] = notices
         return make_config(channels={"wechat_mp": section}, **extra)
 
     return build
@@ -592,3 +601,88 @@ async def test_invalid_openid_is_dead(mp_config, start_app, fake, db):
     (row,) = await outbox_rows(db)
     assert row.status == "dead"
     assert "40003" in row.last_error
+
+
+# --- long texts -------------------------------------------------------------------------------
+
+
+def _numbered(contents: list[str]) -> list[str]:
+    """The parts in their label order, labels checked and taken off."""
+    total = len(contents)
+    found = {}
+    for content in contents:
+        label, _, body = content.partition("\n")
+        number = int(label.strip("（）").split("/")[0])
+        assert label == f"（{number}/{total}）"
+        found[number] = body
+    return [found[n] for n in sorted(found)]
+
+
+async def test_long_customer_service_text_is_split_into_numbered_messages_sent_once(
+    mp_config, start_app, fake, db
+):
+    _, rt = await start_app(mp_config(notices={"part_gap_s": 0}))
+    sentence = "请各位居民按时到指定地点做核酸检测，带好身份证。"
+    paragraphs = [f"第{i}段：" + sentence * 20 for i in range(5)]
+    text = "\n".join(paragraphs)
+    assert len(text.encode()) > 2 * 2048
+    await queue(db, rt, push("long", text))
+    while await rt.delivery.run_once():
+        pass
+    contents = [c.json["text"]["content"] for c in fake.calls_to(CUSTOM_SEND)]
+    assert len(contents) == 4
+    assert all(len(c.encode()) <= 2048 for c in contents)
+    assert "\n".join(_numbered(contents)).replace("\n", "") == text.replace("\n", "")
+    assert not any(c.endswith("…") for c in contents)
+    rows = await outbox_rows(db)
+    assert sorted(r.key for r in rows) == ["long", "long#2", "long#3", "long#4"]
+    assert {r.status for r in rows} == {"sent"}
+    # nothing is sent again, and the row that was split stays split
+    assert await rt.delivery.run_once() == 0
+    assert len(fake.calls_to(CUSTOM_SEND)) == 4
+
+
+async def test_a_failed_part_is_retried_alone(mp_config, start_app, fake, db):
+    _, rt = await start_app(mp_config(notices={"part_gap_s": 0}))
+    await queue(db, rt, push("long", "核酸" * 1200))
+    fake.script(CUSTOM_SEND, [{"errcode": 0}, {"errcode": -1, "errmsg": "system busy"}])
+    await rt.delivery.run_once()  # part 1 goes, the other three are queued
+    await rt.delivery.run_once()  # of those, the first send fails: busy
+    rows = {r.key: r for r in await outbox_rows(db)}
+    assert sorted(rows) == ["long", "long#2", "long#3", "long#4"]
+    (failed,) = [r for r in rows.values() if r.status != "sent"]
+    assert (failed.status, failed.attempts, failed.key != "long") == ("pending", 1, True)
+    assert len(fake.calls_to(CUSTOM_SEND)) == 4
+    # its backoff over, only the failed part goes again
+    async with db.write() as conn:
+        await conn.execute(
+            update(OutboxMessage.__table__)
+            .where(OutboxMessage.__table__.c.id == failed.id)
+            .values(next_attempt_at=utcnow())
+        )
+    assert await rt.delivery.run_once() == 1
+    assert {r.status for r in await outbox_rows(db)} == {"sent"}
+    contents = [c.json["text"]["content"] for c in fake.calls_to(CUSTOM_SEND)]
+    assert len(contents) == 5 and len(set(contents)) == 4
+
+
+async def test_a_reply_too_long_for_a_passive_reply_is_sent_in_parts(
+    mp_config, start_app, fake, db, demo
+):
+    client, rt = await start_app(mp_config(aes_key="", notices={"part_gap_s": 0}))
+    long_answer = "。".join(f"第{i}条防疫须知：出门戴口罩，勤洗手，保持一米距离" for i in range(80))
+
+    async def lecture(ctx) -> None:
+        ctx.outbound.append(Outbound(long_answer))
+
+    rt.dispatcher.router.routes.insert(
+        0, Route(lecture, keywords=frozenset({"须知"}), registered=None)
+    )
+    r = await post_plain(client, text_message(OPENID, "须知"))
+    assert (r.status, await r.text()) == (200, "success")
+    while await rt.delivery.run_once():
+        pass
+    contents = [c.json["text"]["content"] for c in fake.calls_to(CUSTOM_SEND)]
+    assert len(contents) >= 2
+    assert all(len(c.encode()) <= 2048 for c in contents)
+    assert "".join(_numbered(contents)) == long_answer

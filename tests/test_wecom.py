@@ -48,8 +48,9 @@ async def fake() -> AsyncIterator[FakeWeChat]:
 
 @pytest.fixture
 def wecom_config(make_config, fake):
-    def build(**section: Any):
+    def build(*, notices: dict[str, Any] | None = None, **section: Any):
         return make_config(
+            **({"notices": notices} if notices else {}),
             channels={
                 "wecom": {
                     "enabled": True,
@@ -62,7 +63,7 @@ def wecom_config(make_config, fake):
                     "robot_base": fake.base_url,
                     **section,
                 }
-            }
+            },
         )
 
     return build
@@ -399,3 +400,36 @@ async def test_wecom_token_error_refreshes_once(wecom_config, start_app, fake, d
     assert len(fake.calls_to("/cgi-bin/message/send")) == 2
     assert len(fake.calls_to("/cgi-bin/gettoken")) == 2
     assert [row.status for row in await outbox_rows(db)] == ["sent"]
+
+
+async def test_long_texts_to_a_member_and_a_robot_are_split_not_cut(
+    wecom_config, start_app, fake, db, demo
+):
+    _, rt = await start_app(wecom_config(notices={"part_gap_s": 0}))
+    async with db.write() as conn:
+        group_id = await repo.create_group(
+            conn,
+            region_id=demo.grids[0].id,
+            channel="wecom",
+            external_id="robot-group-long",
+            name="桃园社区第1网格群",
+            robot_key=ROBOT_KEY,
+        )
+        robot = await group_target(conn, group_id)
+    text = "今晚八点全员核酸，请到小区东门排队，保持间距。" * 120
+    await queue(
+        rt,
+        outbox_row(key="m", target=Target("wecom", "user", USER), payload={"text": text}),
+        outbox_row(key="r", target=robot, payload={"text": text}, group_id=group_id),
+    )
+    while await rt.delivery.run_once():
+        pass
+    member = [c.json["text"]["content"] for c in fake.calls_to("/cgi-bin/message/send")]
+    robot_calls = [c.json["text"]["content"] for c in fake.calls_to("/cgi-bin/webhook/send")]
+    for contents in (member, robot_calls):
+        assert len(contents) >= 3
+        assert all(len(c.encode()) <= 2048 and not c.endswith("…") for c in contents)
+        assert "".join(c.partition("\n")[2] for c in contents) == text
+    rows = await outbox_rows(db)
+    assert {r.status for r in rows} == {"sent"}
+    assert {r.group_id for r in rows if r.key.startswith("r")} == {group_id}

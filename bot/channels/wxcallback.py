@@ -12,8 +12,10 @@ plaintext XML to :class:`WxCallback`, which:
   there is nothing to say or the budget ran out (the reply then goes through the outbox).
 
 A passive reply carries one message: several replies are joined while they fit, the rest go
-through the outbox with the same keys the dispatcher uses for late replies.  Replies to a group
-chat always go through the outbox (a passive reply reaches the sender only).
+through the outbox with the same keys the dispatcher uses for late replies.  A first reply too
+long for a passive reply goes through the outbox too, which splits it into numbered parts,
+instead of being cut.  Replies to a group chat always go through the outbox (a passive reply
+reaches the sender only).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from bot.channels.wxprotocol import (
 )
 from bot.dispatcher import Dispatcher
 from bot.messages import Inbound, Outbound
-from bot.wxapi import fit_text
 from storage.models import RawPayload, utcnow
 from storage.outbox import Target, enqueue, outbox, outbox_row
 
@@ -97,20 +98,20 @@ def inspectable(body: bytes | str) -> str:
 
 
 def pack_replies(replies: Sequence[Outbound]) -> tuple[str, list[tuple[int, Outbound]]]:
-    """Join replies into one passive reply while they fit; return it and the ones left over
-    (with their positions, which make their outbox keys)."""
+    """Join replies into one passive reply while they fit; return it (empty when not even the
+    first fits) and the ones left over (with their positions, which make their outbox keys)."""
     texts: list[str] = []
     rest: list[tuple[int, Outbound]] = []
     size = 0
     for i, reply in enumerate(replies):
         piece = reply.text.encode("utf-8")
         extra = len(piece) + (2 if texts else 0)
-        if not rest and (not texts or size + extra <= MAX_REPLY_BYTES):
+        if not rest and size + extra <= MAX_REPLY_BYTES:
             texts.append(reply.text)
             size += extra
         else:
             rest.append((i, reply))
-    return fit_text("\n\n".join(texts), MAX_REPLY_BYTES), rest
+    return "\n\n".join(texts), rest
 
 
 class WxCallback:
@@ -208,6 +209,8 @@ class WxCallback:
         text, rest = pack_replies(replies)
         if rest:
             await self.queue_replies(inbound, rest)
+        if not text:
+            return success()
         reply = render_text_reply(
             inbound.sender_id,
             str(inbound.extra.get("to_user", "")),
