@@ -18,10 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import Person, PersonRole, Region, RegionLevel, Role
 from storage.repo import RegionInfo
-from storage.requests_models import OPEN_STATUSES, RequestStatus, ResidentRequest
+from storage.requests_models import (
+    OPEN_STATUSES,
+    RequestClock,
+    RequestStatus,
+    ResidentRequest,
+)
 from storage.requests_repo import in_region
 
 requests = ResidentRequest.__table__
+clocks = RequestClock.__table__
 people = Person.__table__
 roles = PersonRole.__table__
 regions = Region.__table__
@@ -31,9 +37,9 @@ DONE_STATUSES = (RequestStatus.RESOLVED, RequestStatus.CLOSED)
 
 # Where a request's current level and handler are read from, and the rows they come with: the
 # only lines that know which table holds them.
-current_level = requests.c.level
-current_handler = requests.c.handler_id
-request_rows: Any = requests
+current_level = clocks.c.level
+current_handler = clocks.c.handler_id
+request_rows: Any = requests.join(clocks, clocks.c.request_id == requests.c.id)
 
 
 @dataclass(frozen=True, slots=True)

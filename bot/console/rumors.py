@@ -441,10 +441,19 @@ async def withdraw(request: web.Request) -> web.StreamResponse:
     cid = _id(request)
     try:
         async with console.db.write() as conn:
-            await rumors.withdraw_clarification(conn, console.db, user.person, cid, now=utcnow())
+            delivered = await rumors.withdraw_clarification(
+                conn,
+                console.db,
+                user.person,
+                cid,
+                settings=console.config,
+                texts=console.texts,
+                now=utcnow(),
+            )
     except rumors.RumorRefused as refused:
         await _refused(request, console, refused)
         raise redirect(request, "rumor", id=str(cid)) from None
+    await _after_commit(console, delivered)
     await flash(request, "rumor_withdrawn", "ok")
     raise redirect(request, "rumor", id=str(cid))
 
