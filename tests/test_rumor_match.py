@@ -5,6 +5,9 @@ Every claim here is invented for the tests; none comes from the evaluation set.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from flows.rumor_match import (
@@ -306,3 +309,35 @@ def test_topic_background_follows_additions_and_removals() -> None:
     alone = only_parcel.match(post, EVERY_SCORE).candidates
     assert after == alone
     assert alone[0].score > before[0].score
+
+
+def read_dev_set(name: str) -> list[dict[str, str]]:
+    """Rows of one file of the hand-written development set (bench/rumor_dev, see its README)."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "rumor_dev" / name
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def dev_index() -> RumorIndex:
+    return RumorIndex(Claim(row["id"], row["claim"]) for row in read_dev_set("factchecks.jsonl"))
+
+
+def test_every_forward_carrying_a_claim_is_answered_with_it(dev_index: RumorIndex) -> None:
+    forwards = [row for row in read_dev_set("queries.jsonl") if row["kind"] == "forward"]
+
+    answered = {row["group"]: dev_index.match(row["text"], DEFAULT_THRESHOLDS) for row in forwards}
+
+    assert len(forwards) == 16
+    assert {
+        group: (result.outcome, claim_ids(result)[:1]) for group, result in answered.items()
+    } == {group: ("answer", [group]) for group in answered}
+
+
+def test_no_true_notice_on_the_same_subjects_is_answered(dev_index: RumorIndex) -> None:
+    notices = [row["text"] for row in read_dev_set("negatives.jsonl")]
+
+    outcomes = [dev_index.match(text, DEFAULT_THRESHOLDS).outcome for text in notices]
+
+    assert len(notices) == 48
+    assert "answer" not in outcomes
