@@ -22,9 +22,16 @@ A term weighs what it says in general Chinese times what it says within the know
   ("疫情", "新冠") weighs less than what tells them apart.
 
 Each view's coverage is corrected for chance, like Cohen's kappa: a long post contains common
-terms anyway, so the coverage it would reach by accident (from each term's general probability
-per character and the post's length) is subtracted and the rest rescaled to [0, 1]. A post that
-contains the whole claim still scores 1.
+terms anyway, so the coverage it would reach by accident (from each term's probability per
+character and the post's length) is subtracted and the rest rescaled to [0, 1]. A post that
+contains the whole claim still scores 1. A term's probability is the larger of two estimates:
+
+* in general Chinese, from jieba's dictionary as above;
+* in the outbreak's own language: the *other* claims of the knowledge base are a sample of what
+  posts on the topic say, so a term found in ``k`` of them, out of ``K`` characters, occurs
+  about ``k / K`` times per character in a post that is on the topic but not about this claim.
+  A true post about the same city and week as a rumor thereby earns little for the city and
+  the week, while a post that carries what only this claim says is not marked down.
 
 Weights depend only on jieba's resources and on the indexed claims, never on message traffic or
 on an evaluation set. Very short messages (at most ``SHORT_QUERY_CHARS`` characters) are keyword
@@ -286,16 +293,33 @@ def preload() -> None:
 
 
 def _chance_corrected(
-    coverage: float, total: float, terms: frozenset[str], view: _Postings, length: int
+    coverage: float,
+    total: float,
+    terms: frozenset[str],
+    view: _Postings,
+    length: int,
+    background_chars: int,
 ) -> float:
     """Coverage beyond what a text of ``length`` characters would reach by chance (kappa-like).
 
-    A term of general per-position probability ``p`` occurs somewhere in ``length`` characters
-    with probability ``1 - exp(-length * p)``; the expected chance coverage is the weighted mean
-    of that over the claim's terms, and the result rescales the remainder to [0, 1].
+    A term of per-position probability ``p`` occurs somewhere in ``length`` characters with
+    probability ``1 - exp(-length * p)``; the expected chance coverage is the weighted mean of
+    that over the claim's terms, and the result rescales the remainder to [0, 1].
+
+    ``p`` is the larger of the term's probability in general Chinese and in the topic: the
+    other claims of the knowledge base (``background_chars`` characters of them) are a sample of
+    what posts on this topic say, so a term that ``k`` other claims contain occurs about
+    ``k / background_chars`` per position in a post on the topic that has nothing to do with
+    this claim.
     """
     chance = (
-        math.fsum(view.weights[t] * -math.expm1(-length * view.probability[t]) for t in terms)
+        math.fsum(
+            view.weights[t]
+            * -math.expm1(
+                -length * max(view.probability[t], (len(view.claims[t]) - 1) / background_chars)
+            )
+            for t in terms
+        )
         / total
     )
     if chance >= 1:
@@ -364,6 +388,7 @@ class RumorIndex:
     def __init__(self, claims: Iterable[Claim] = ()) -> None:
         self._claims: dict[ClaimId, _IndexedClaim] = {}
         self._added = 0
+        self._chars = 0  # characters of all indexed claims (compact form)
         self._bigrams = _Postings()
         self._words = _Postings()
         self._word_prefixes: dict[str, int] = defaultdict(int)
@@ -391,6 +416,7 @@ class RumorIndex:
         )
         self._added += 1
         self._claims[claim.id] = _IndexedClaim(_compact(normalized), bigrams, words, self._added)
+        self._chars += len(self._claims[claim.id].compact)
         for feature in bigrams:
             weight = lexicon.bigram_weight(feature)
             self._bigrams.add(feature, claim.id, weight, math.exp(-weight))
@@ -407,6 +433,7 @@ class RumorIndex:
         entry = self._claims.pop(claim_id, None)
         if entry is None:
             return
+        self._chars -= len(entry.compact)
         for feature in entry.bigrams:
             self._bigrams.discard(feature, claim_id)
         for word in entry.words:
@@ -537,13 +564,16 @@ class RumorIndex:
             if not views or raw < floor * views:
                 continue  # correcting for chance only lowers a score
             entry = self._claims[cid]
+            background = max(1, self._chars - len(entry.compact))
             corrected = 0.0
             for hit, total, terms, view in (
                 (bigram_hits.get(cid, 0.0), bigram_total, entry.bigrams, self._bigrams),
                 (word_hits.get(cid, 0.0), word_total, entry.words, self._words),
             ):
                 if total > 0:
-                    corrected += _chance_corrected(hit / total, total, terms, view, length)
+                    corrected += _chance_corrected(
+                        hit / total, total, terms, view, length, background
+                    )
             scores[cid] = (min(1.0, corrected / views), bigram_hits.get(cid, 0.0))
         return scores
 

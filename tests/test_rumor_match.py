@@ -5,11 +5,15 @@ Every claim here is invented for the tests; none comes from the evaluation set.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from flows.rumor_match import (
     DEFAULT_THRESHOLDS,
     MAX_MESSAGE_CHARS,
+    Candidate,
     Claim,
     MatchResult,
     RumorIndex,
@@ -254,3 +258,86 @@ def test_two_short_keywords_suggest_claims_containing_both(index: RumorIndex) ->
 
     assert result.outcome == "suggest"
     assert claim_ids(result) == [4]
+
+
+# Four invented rumors about one place and time: "武汉疫情期间" is what this knowledge base is
+# about in general, and says nothing about which rumor a post spreads.
+TOPICAL_CLAIMS = (
+    Claim("parcel", "武汉疫情期间快递柜会传播病毒"),
+    Claim("herb", "武汉疫情期间喝板蓝根能预防病毒"),
+    Claim("closed", "武汉疫情期间小区全部封闭不许出门"),
+    Claim("shops", "武汉疫情期间超市停业要提前囤菜"),
+)
+TOPICAL_NEWS = (
+    "武汉疫情期间，社区志愿者每天为独居老人送菜上门，街道还组织了心理疏导热线，"
+    "居民们表示很暖心，也感谢一线的医护人员。"
+)
+EVERY_SCORE = Thresholds(answer=1.1, suggest=0.0, max_suggestions=10)
+
+
+def test_post_sharing_only_the_knowledge_base_topic_scores_at_chance() -> None:
+    index = RumorIndex(TOPICAL_CLAIMS)
+
+    result = index.match(TOPICAL_NEWS, EVERY_SCORE)
+
+    # Half of each claim's characters are in the post, but only what every claim says.
+    assert result.candidates
+    assert max(candidate.score for candidate in result.candidates) < 0.05
+    assert index.match(TOPICAL_NEWS, DEFAULT_THRESHOLDS) == MatchResult("unknown", ())
+
+
+def test_post_carrying_a_whole_topical_claim_is_still_answered_in_full() -> None:
+    index = RumorIndex(TOPICAL_CLAIMS)
+    post = "转发：" + TOPICAL_NEWS + "还听说武汉疫情期间快递柜会传播病毒，是真的吗？"
+
+    result = index.match(post, DEFAULT_THRESHOLDS)
+
+    assert result.outcome == "answer"
+    assert result.candidates[0] == Candidate("parcel", pytest.approx(1.0))
+
+
+def test_topic_background_follows_additions_and_removals() -> None:
+    only_parcel = RumorIndex(TOPICAL_CLAIMS[:1])
+    index = RumorIndex(TOPICAL_CLAIMS)
+    post = TOPICAL_NEWS + "快递柜"
+
+    before = index.match(post, EVERY_SCORE).candidates
+    for claim in TOPICAL_CLAIMS[1:]:
+        index.remove(claim.id)
+    after = index.match(post, EVERY_SCORE).candidates
+
+    alone = only_parcel.match(post, EVERY_SCORE).candidates
+    assert after == alone
+    assert alone[0].score > before[0].score
+
+
+def read_dev_set(name: str) -> list[dict[str, str]]:
+    """Rows of one file of the hand-written development set (bench/rumor_dev, see its README)."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "rumor_dev" / name
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def dev_index() -> RumorIndex:
+    return RumorIndex(Claim(row["id"], row["claim"]) for row in read_dev_set("factchecks.jsonl"))
+
+
+def test_every_forward_carrying_a_claim_is_answered_with_it(dev_index: RumorIndex) -> None:
+    forwards = [row for row in read_dev_set("queries.jsonl") if row["kind"] == "forward"]
+
+    answered = {row["group"]: dev_index.match(row["text"], DEFAULT_THRESHOLDS) for row in forwards}
+
+    assert len(forwards) == 16
+    assert {
+        group: (result.outcome, claim_ids(result)[:1]) for group, result in answered.items()
+    } == {group: ("answer", [group]) for group in answered}
+
+
+def test_no_true_notice_on_the_same_subjects_is_answered(dev_index: RumorIndex) -> None:
+    notices = [row["text"] for row in read_dev_set("negatives.jsonl")]
+
+    outcomes = [dev_index.match(text, DEFAULT_THRESHOLDS).outcome for text in notices]
+
+    assert len(notices) == 48
+    assert "answer" not in outcomes
