@@ -5,7 +5,7 @@
 # Outside CI a failed install only warns (the browser tests then skip); in CI (CI=true) it fails.
 set -uo pipefail
 
-if [ -x /usr/bin/chromium ]; then
+if [ -x /usr/bin/chromium ] && [ -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ]; then
   exit 0
 fi
 
