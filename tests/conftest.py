@@ -137,6 +137,9 @@ def make_config(database_url: str) -> Callable[..., Config]:
                 "simulator": {"enabled": True},
             },
             "scheduler": {"enabled": False},
+            # Tests of the reply budget set their own; elsewhere a loaded machine must not turn
+            # an inline reply into a late one.
+            "conversation": {"reply_budget_s": 30.0},
         }
         for key, value in sections.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
