@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import String, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.db import any_of
 from storage.models import (
     LEVEL_ORDER,
     AuditEntry,
@@ -165,21 +166,47 @@ async def load_person(conn: AsyncConnection, person_id: int) -> PersonInfo | Non
     return await _person_from_row(conn, row) if row else None
 
 
+FoundPerson = tuple[int, datetime | None, PersonInfo]
+"""(identity id, when the account was last seen, the person) for a channel account."""
+
+
 async def person_by_identity(
     conn: AsyncConnection, channel: str, external_id: str
-) -> tuple[int, datetime | None, PersonInfo] | None:
+) -> FoundPerson | None:
     """The person behind a channel account: (identity id, last seen, person), in one query."""
     rows = list(
         await conn.execute(_PERSON_BY_IDENTITY, {"channel": channel, "external_id": external_id})
     )
-    if not rows:
-        return None
+    return _found_person(rows) if rows else None
+
+
+async def people_by_identities(
+    conn: AsyncConnection, channel: str, external_ids: list[str]
+) -> dict[str, FoundPerson]:
+    """:func:`person_by_identity` for many accounts of one channel in one query, by external
+    id; accounts without a person are missing from the result."""
+    if not external_ids:
+        return {}
+    grouped: dict[str, list[Any]] = {}
+    params = {"channel": channel, "external_ids": external_ids}
+    for row in await conn.execute(_PEOPLE_BY_IDENTITIES, params):
+        grouped.setdefault(row.external_id, []).append(row)
+    return {external_id: _found_person(rows) for external_id, rows in grouped.items()}
+
+
+def _found_person(rows: list[Any]) -> FoundPerson:
     first = rows[0]
     scopes = tuple(
         Scope(
             r.role,
-            RegionInfo(r.scope_id, r.scope_code, r.scope_name, r.scope_level,
-                       r.scope_parent_id, r.scope_path),
+            RegionInfo(
+                r.scope_id,
+                r.scope_code,
+                r.scope_name,
+                r.scope_level,
+                r.scope_parent_id,
+                r.scope_path,
+            ),
         )
         for r in rows
         if r.role is not None
@@ -203,7 +230,7 @@ _PERSON_QUERY = select(
 
 # Built once: constructing a statement like this costs more than running it.
 _SCOPE = regions.alias("scope")
-_PERSON_BY_IDENTITY = (
+_IDENTIFY = (
     _PERSON_QUERY.add_columns(
         identities.c.id.label("identity_id"),
         identities.c.last_seen_at,
@@ -218,14 +245,20 @@ _PERSON_BY_IDENTITY = (
     .join(identities, identities.c.person_id == people.c.id)
     .outerjoin(roles, roles.c.person_id == people.c.id)
     .outerjoin(_SCOPE, _SCOPE.c.id == roles.c.scope_region_id)
-    .where(
-        identities.c.channel == bindparam("channel"),
-        identities.c.external_id == bindparam("external_id"),
-    )
     .order_by(roles.c.id)
+)
+_PERSON_BY_IDENTITY = _IDENTIFY.where(
+    identities.c.channel == bindparam("channel"),
+    identities.c.external_id == bindparam("external_id"),
+)
+_PEOPLE_BY_IDENTITIES = _IDENTIFY.add_columns(identities.c.external_id).where(
+    identities.c.channel == bindparam("channel"), any_of(identities.c.external_id, "external_ids")
 )
 _GROUP_BY_ADDRESS = select(groups).where(
     groups.c.channel == bindparam("channel"), groups.c.external_id == bindparam("external_id")
+)
+_GROUPS_BY_ADDRESS = select(groups).where(
+    groups.c.channel == bindparam("channel"), any_of(groups.c.external_id, "external_ids")
 )
 
 
@@ -408,6 +441,16 @@ async def find_group(conn: AsyncConnection, channel: str, external_id: str) -> A
     return (await conn.execute(_GROUP_BY_ADDRESS, params)).first()
 
 
+async def find_groups(
+    conn: AsyncConnection, channel: str, external_ids: list[str]
+) -> dict[str, Any]:
+    """:func:`find_group` for many chats of one channel in one query, by external id."""
+    if not external_ids:
+        return {}
+    params = {"channel": channel, "external_ids": external_ids}
+    return {row.external_id: row for row in await conn.execute(_GROUPS_BY_ADDRESS, params)}
+
+
 async def groups_of_region(conn: AsyncConnection, region_id: int) -> list[Any]:
     return list(
         await conn.execute(
@@ -509,6 +552,38 @@ class CheckedLock:
             return ConversationState(key), row.checked
         data = dict(row.data or {})
         return ConversationState(key, row.flow, row.state, data, row.expires_at), row.checked
+
+
+class ConversationLocks:
+    """Per-person serialization for a batch of messages: take the locks of many conversation
+    keys, then read their states, in one statement (two on PostgreSQL, whose row locks need the
+    rows to exist).  Keys are locked in key order, so two batches that share keys cannot
+    deadlock on them.  On SQLite the caller already serializes writers."""
+
+    def __init__(self, *, row_lock: bool, insert_ignore: Any) -> None:
+        self.row_lock = row_lock
+        self.insert = insert_ignore
+        query = select(conversations).where(any_of(conversations.c.key, "keys"))
+        if row_lock:
+            query = query.order_by(conversations.c.key).with_for_update()
+        self.query = query
+
+    async def run(self, conn: AsyncConnection, keys: list[str]) -> dict[str, ConversationState]:
+        """Lock the conversations of ``keys`` (creating missing rows) and read them."""
+        ordered = sorted(set(keys))
+        if not ordered:
+            return {}
+        if self.row_lock:
+            now = utcnow()
+            await conn.execute(
+                self.insert, [{"key": key, "data": {}, "updated_at": now} for key in ordered]
+            )
+        states = {key: ConversationState(key) for key in ordered}
+        for row in await conn.execute(self.query, {"keys": ordered}):
+            states[row.key] = ConversationState(
+                row.key, row.flow, row.state, dict(row.data or {}), row.expires_at
+            )
+        return states
 
 
 async def save_conversation(
