@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import aiosqlite
 from sqlalchemy import Boolean, String, Table, TypeDecorator, bindparam, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
@@ -117,6 +119,38 @@ def any_of(
     return _AnyOf(column, param)
 
 
+class _SqliteConnection(aiosqlite.Connection):
+    """aiosqlite's connection, which hands every call to its own thread (a round trip through
+    the event loop for each cursor, execute, fetch and close), except while ``inline`` is set:
+    then calls run right away on the event loop's thread.
+
+    Only the group committer sets ``inline``, and only between its ``BEGIN IMMEDIATE`` and its
+    ``COMMIT``, which stay on the thread: in WAL mode, once a connection holds the write lock
+    nothing it runs can wait for another connection, so no call blocks the loop for long.
+    """
+
+    inline = False
+
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.inline:
+            return fn(*args, **kwargs)
+        return await super()._execute(fn, *args, **kwargs)
+
+
+def _sqlite_connector(path: str) -> Callable[[], Awaitable[_SqliteConnection]]:
+    async def connect() -> _SqliteConnection:
+        # check_same_thread=False: the connection is used by its thread and, inline, by the
+        # loop's thread, never by both at once (each call is awaited before the next).
+        connection = _SqliteConnection(
+            lambda: sqlite3.connect(path, timeout=30, check_same_thread=False), 64
+        )
+        connection._thread.daemon = True  # as SQLAlchemy's own aiosqlite dialect does
+        await connection  # starts the thread and opens the database file
+        return connection
+
+    return connect
+
+
 class Database:
     """The application's database: an async engine plus the transaction helpers."""
 
@@ -127,7 +161,11 @@ class Database:
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_async_engine(url, connect_args={"timeout": 30})
+                self.engine = create_async_engine(
+                    url, async_creator=_sqlite_connector(parsed.database)
+                )
+            else:
+                self.engine = create_async_engine(url, connect_args={"timeout": 30})
             _configure_sqlite(self.engine)
         else:
             self.engine = create_async_engine(
@@ -148,6 +186,13 @@ class Database:
                 await conn.execution_options(sqlite_immediate=True)
             async with conn.begin():
                 yield conn
+
+    async def inline_driver(self, conn: AsyncConnection) -> _SqliteConnection | None:
+        """The SQLite driver connection under ``conn`` that can run calls inline, if any."""
+        if not self.is_sqlite:
+            return None
+        driver = (await conn.get_raw_connection()).driver_connection
+        return driver if isinstance(driver, _SqliteConnection) else None
 
     def insert_ignore(self, table: Table) -> Insert:
         """``INSERT ... ON CONFLICT DO NOTHING`` for either engine."""
@@ -316,7 +361,17 @@ class GroupCommitter:
             conn = await self._connection(lane)
             try:
                 async with conn.begin():
-                    await self._run_jobs(conn, batch, results)
+                    driver = await self._db.inline_driver(conn)
+                    if driver is None:
+                        await self._run_jobs(conn, batch, results)
+                    else:
+                        # BEGIN IMMEDIATE is done (the write lock is ours); COMMIT runs on the
+                        # driver's thread again.
+                        driver.inline = True
+                        try:
+                            await self._run_jobs(conn, batch, results)
+                        finally:
+                            driver.inline = False
             except Exception:
                 if conn.invalidated or conn.closed:
                     await self._drop_connection(lane)
