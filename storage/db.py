@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import time
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeEngine
+from sqlalchemy.util import await_
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +51,17 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: Any) -> None:
         immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        driver = conn.connection.driver_connection
+        if immediate and isinstance(driver, _SqliteConnection) and driver.inline:
+            await_(driver.begin_immediate())
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 class _ListParam(TypeDecorator[list[Any]]):
@@ -119,22 +125,67 @@ def any_of(
     return _AnyOf(column, param)
 
 
+BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite writer waits for another one's write lock."""
+CHECKPOINT_EVERY_S = 1.0
+"""How often the group committer's SQLite connection moves its WAL into the database."""
+
+
 class _SqliteConnection(aiosqlite.Connection):
     """aiosqlite's connection, which hands every call to its own thread (a round trip through
     the event loop for each cursor, execute, fetch and close), except while ``inline`` is set:
     then calls run right away on the event loop's thread.
 
-    Only the group committer sets ``inline``, and only between its ``BEGIN IMMEDIATE`` and its
-    ``COMMIT``, which stay on the thread: in WAL mode, once a connection holds the write lock
-    nothing it runs can wait for another connection, so no call blocks the loop for long.
+    Only the group committer sets ``inline``, on its own connection, for whole transactions.
+    Nothing it runs then can wait long: ``BEGIN IMMEDIATE`` is tried without waiting and, if
+    another connection holds the write lock, waits for it on the thread (:meth:`begin_immediate`);
+    once the lock is ours, in WAL mode, no statement and no ``COMMIT`` waits for anyone.  The
+    one slow part of a commit, a checkpoint (copying the WAL into the database file and
+    syncing it), is switched off on this connection (``wal_autocheckpoint``) and done on the
+    thread instead, at most every ``CHECKPOINT_EVERY_S`` (:meth:`commit`).
     """
 
     inline = False
+    _last_checkpoint = 0.0
 
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.inline:
             return fn(*args, **kwargs)
         return await super()._execute(fn, *args, **kwargs)
+
+    async def _on_thread(self, fn: Callable[[], Any]) -> Any:
+        return await super()._execute(fn)
+
+    async def go_inline(self) -> None:
+        """Prepare this connection for the group committer's inline transactions."""
+        await self._on_thread(lambda: _pragma(self._conn, "wal_autocheckpoint=0"))
+        self._last_checkpoint = time.monotonic()
+        self.inline = True
+
+    async def begin_immediate(self) -> None:
+        """``BEGIN IMMEDIATE``: right away if the write lock is free, else wait on the thread."""
+        conn = self._conn
+        _pragma(conn, "busy_timeout=0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+        finally:
+            _pragma(conn, f"busy_timeout={BUSY_TIMEOUT_MS}")
+        await self._on_thread(lambda: conn.execute("BEGIN IMMEDIATE"))
+
+    async def commit(self) -> None:
+        await super().commit()
+        if self.inline and time.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S:
+            self._last_checkpoint = time.monotonic()
+            await self._on_thread(lambda: _pragma(self._conn, "wal_checkpoint(PASSIVE)"))
+
+
+def _pragma(conn: sqlite3.Connection, pragma: str) -> None:
+    # Read the row it answers with: a statement left unfinished would block COMMIT.
+    conn.execute(f"PRAGMA {pragma}").fetchall()
 
 
 def _sqlite_connector(path: str) -> Callable[[], Awaitable[_SqliteConnection]]:
@@ -187,12 +238,17 @@ class Database:
             async with conn.begin():
                 yield conn
 
-    async def inline_driver(self, conn: AsyncConnection) -> _SqliteConnection | None:
-        """The SQLite driver connection under ``conn`` that can run calls inline, if any."""
-        if not self.is_sqlite:
-            return None
-        driver = (await conn.get_raw_connection()).driver_connection
-        return driver if isinstance(driver, _SqliteConnection) else None
+    async def writer_connection(self) -> AsyncConnection:
+        """A connection of its own for a group-commit lane: on SQLite its write transactions
+        start with ``BEGIN IMMEDIATE`` and run inline on the event loop (see
+        ``_SqliteConnection``)."""
+        conn = await self.engine.connect()
+        if self.is_sqlite:
+            await conn.execution_options(sqlite_immediate=True)
+            driver = (await conn.get_raw_connection()).driver_connection
+            if isinstance(driver, _SqliteConnection):
+                await driver.go_inline()
+        return conn
 
     def insert_ignore(self, table: Table) -> Insert:
         """``INSERT ... ON CONFLICT DO NOTHING`` for either engine."""
@@ -334,10 +390,7 @@ class GroupCommitter:
 
     async def _connection(self, lane: _Lane) -> AsyncConnection:
         if lane.conn is None:
-            conn = await self._db.engine.connect()
-            if self._db.is_sqlite:
-                await conn.execution_options(sqlite_immediate=True)
-            lane.conn = conn
+            lane.conn = await self._db.writer_connection()
         return lane.conn
 
     @staticmethod
@@ -345,6 +398,8 @@ class GroupCommitter:
         conn, lane.conn = lane.conn, None
         if conn is not None:
             try:
+                # Closed for good, not returned to the pool: it is set up for this lane only.
+                await conn.invalidate()
                 await conn.close()
             except Exception as exc:  # it is broken already; a new one replaces it
                 log.debug("closing a lane connection failed: %r", exc)
@@ -361,17 +416,7 @@ class GroupCommitter:
             conn = await self._connection(lane)
             try:
                 async with conn.begin():
-                    driver = await self._db.inline_driver(conn)
-                    if driver is None:
-                        await self._run_jobs(conn, batch, results)
-                    else:
-                        # BEGIN IMMEDIATE is done (the write lock is ours); COMMIT runs on the
-                        # driver's thread again.
-                        driver.inline = True
-                        try:
-                            await self._run_jobs(conn, batch, results)
-                        finally:
-                            driver.inline = False
+                    await self._run_jobs(conn, batch, results)
             except Exception:
                 if conn.invalidated or conn.closed:
                     await self._drop_connection(lane)
