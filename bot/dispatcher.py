@@ -165,9 +165,7 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
             row_lock=not db.is_sqlite,
             insert_ignore=self._conv_insert,
         )
-        self._locks = repo.ConversationLocks(
-            row_lock=not db.is_sqlite, insert_ignore=self._conv_insert
-        )
+        self._locks = repo.ConversationLocks(row_lock=not db.is_sqlite)
         self._logs_select = select(inbound_log.c.dedupe_key, inbound_log.c.replies).where(
             inbound_log.c.channel == bindparam("channel"), any_of(inbound_log.c.dedupe_key, "keys")
         )

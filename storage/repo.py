@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, func, insert, select, update
+from sqlalchemy import String, bindparam, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db import any_of
@@ -556,30 +557,54 @@ class CheckedLock:
 
 class ConversationLocks:
     """Per-person serialization for a batch of messages: take the locks of many conversation
-    keys, then read their states, in one statement (two on PostgreSQL, whose row locks need the
-    rows to exist).  Keys are locked in key order, so two batches that share keys cannot
-    deadlock on them.  On SQLite the caller already serializes writers."""
+    keys, then read their states, in one statement.
 
-    def __init__(self, *, row_lock: bool, insert_ignore: Any) -> None:
+    On PostgreSQL that statement is an upsert that creates the missing rows and locks them all
+    (``ON CONFLICT DO UPDATE`` locks the row it meets, and its ``RETURNING`` gives the row as
+    it stands once locked); keys are taken in key order, so two batches that share keys cannot
+    deadlock on them.  On SQLite the caller already serializes writers and it is a plain read.
+    """
+
+    def __init__(self, *, row_lock: bool) -> None:
         self.row_lock = row_lock
-        self.insert = insert_ignore
-        query = select(conversations).where(any_of(conversations.c.key, "keys"))
+        columns = (
+            conversations.c.key,
+            conversations.c.flow,
+            conversations.c.state,
+            conversations.c.data,
+            conversations.c.expires_at,
+        )
+        self.query: Any
         if row_lock:
-            query = query.order_by(conversations.c.key).with_for_update()
-        self.query = query
+            wanted = (
+                func.unnest(bindparam("keys", type_=postgresql.ARRAY(String)))
+                .table_valued("key")
+                .render_derived("wanted")
+            )
+            rows = select(
+                wanted.c.key,
+                literal({}, conversations.c.data.type),
+                bindparam("now", type_=conversations.c.updated_at.type),
+            ).order_by(wanted.c.key)
+            upsert = postgresql.insert(conversations).from_select(
+                ["key", "data", "updated_at"], rows
+            )
+            self.query = upsert.on_conflict_do_update(
+                index_elements=["key"], set_={"updated_at": conversations.c.updated_at}
+            ).returning(*columns)
+        else:
+            self.query = select(*columns).where(any_of(conversations.c.key, "keys"))
 
     async def run(self, conn: AsyncConnection, keys: list[str]) -> dict[str, ConversationState]:
         """Lock the conversations of ``keys`` (creating missing rows) and read them."""
         ordered = sorted(set(keys))
         if not ordered:
             return {}
+        params: dict[str, Any] = {"keys": ordered}
         if self.row_lock:
-            now = utcnow()
-            await conn.execute(
-                self.insert, [{"key": key, "data": {}, "updated_at": now} for key in ordered]
-            )
+            params["now"] = utcnow()
         states = {key: ConversationState(key) for key in ordered}
-        for row in await conn.execute(self.query, {"keys": ordered}):
+        for row in await conn.execute(self.query, params):
             states[row.key] = ConversationState(
                 row.key, row.flow, row.state, dict(row.data or {}), row.expires_at
             )
