@@ -9,11 +9,10 @@ import secrets
 import sys
 from pathlib import Path
 
-from aiohttp import web
 from sqlalchemy import select
 
 from bot.api import create_token
-from bot.app import build_runtime, create_app
+from bot.app import build_runtime, serve
 from bot.channels.simulator import CHANNEL as SIM_CHANNEL
 from bot.config import Config, ConfigError, load_config
 from bot.messages import Inbound
@@ -32,13 +31,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     print(f"gridbot serving on http://{host}:{port}")
     if config.channels.simulator.enabled:
         print(f"simulator: http://{host}:{port}{config.channels.simulator.path}")
-    web.run_app(
-        create_app(config),
-        host=host,
-        port=port,
-        print=None,
-        access_log=None if config.log_level != "DEBUG" else logging.getLogger("access"),
-    )
+    serve(config, access_log=None if config.log_level != "DEBUG" else logging.getLogger("access"))
     return 0
 
 

@@ -48,19 +48,18 @@ def serve_echo(port: int) -> None:
 def serve_gridbot(port: int, url: str) -> None:
     import logging
 
-    from aiohttp import web
-
-    from bot.app import create_app
+    from bot.app import serve
     from bot.config import parse_config
 
     logging.basicConfig(level=logging.WARNING)
     config = parse_config({
+        "server": {"host": "127.0.0.1", "port": port},
         "database": {"url": url},
         "channels": {"bridge": {"enabled": True, "secret": SECRET}},
         "scheduler": {"enabled": False},
         "log_level": "WARNING",
     })
-    web.run_app(create_app(config), host="127.0.0.1", port=port, print=None, access_log=None)
+    serve(config)
 
 
 async def prepare_database(url: str) -> list[str]:

@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import sqlite3
-import time
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -128,7 +127,7 @@ def any_of(
 BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for another one's write lock."""
 CHECKPOINT_EVERY_S = 1.0
-"""How often the group committer's SQLite connection moves its WAL into the database."""
+"""How often the group committer has SQLite's WAL moved into the database file."""
 
 
 class _SqliteConnection(aiosqlite.Connection):
@@ -141,12 +140,11 @@ class _SqliteConnection(aiosqlite.Connection):
     another connection holds the write lock, waits for it on the thread (:meth:`begin_immediate`);
     once the lock is ours, in WAL mode, no statement and no ``COMMIT`` waits for anyone.  The
     one slow part of a commit, a checkpoint (copying the WAL into the database file and
-    syncing it), is switched off on this connection (``wal_autocheckpoint``) and done on the
-    thread instead, at most every ``CHECKPOINT_EVERY_S`` (:meth:`commit`).
+    syncing it), is switched off on this connection (``wal_autocheckpoint``); the committer
+    checkpoints from another connection instead, while this one goes on writing.
     """
 
     inline = False
-    _last_checkpoint = 0.0
 
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.inline:
@@ -159,7 +157,6 @@ class _SqliteConnection(aiosqlite.Connection):
     async def go_inline(self) -> None:
         """Prepare this connection for the group committer's inline transactions."""
         await self._on_thread(lambda: _pragma(self._conn, "wal_autocheckpoint=0"))
-        self._last_checkpoint = time.monotonic()
         self.inline = True
 
     async def begin_immediate(self) -> None:
@@ -175,12 +172,6 @@ class _SqliteConnection(aiosqlite.Connection):
         finally:
             _pragma(conn, f"busy_timeout={BUSY_TIMEOUT_MS}")
         await self._on_thread(lambda: conn.execute("BEGIN IMMEDIATE"))
-
-    async def commit(self) -> None:
-        await super().commit()
-        if self.inline and time.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S:
-            self._last_checkpoint = time.monotonic()
-            await self._on_thread(lambda: _pragma(self._conn, "wal_checkpoint(PASSIVE)"))
 
 
 def _pragma(conn: sqlite3.Connection, pragma: str) -> None:
@@ -344,6 +335,8 @@ class GroupCommitter:
             asyncio.create_task(self._run_lane(lane), name=f"group-commit-{i}")
             for i, lane in enumerate(self._lanes)
         ]
+        if self._db.is_sqlite:
+            self._tasks.append(asyncio.create_task(self._checkpoint(), name="wal-checkpoint"))
 
     async def stop(self) -> None:
         for lane in self._lanes:
@@ -387,6 +380,25 @@ class GroupCommitter:
             finally:
                 for _ in batch:
                     queue.task_done()
+
+    async def _checkpoint(self) -> None:
+        """Move SQLite's WAL into the database file every ``CHECKPOINT_EVERY_S`` while batches
+        are committed.  The lane's own connection does not (it would do it on the event loop);
+        this runs on another connection and its thread, and the lane goes on writing."""
+        checkpointed = self.batches
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY_S)
+            if self.batches == checkpointed:
+                continue
+            checkpointed = self.batches
+            try:
+                async with self._db.engine.connect() as conn:
+                    driver = (await conn.get_raw_connection()).driver_connection
+                    assert driver is not None
+                    async with driver.execute("PRAGMA wal_checkpoint(PASSIVE)") as cursor:
+                        await cursor.fetchall()
+            except Exception as exc:  # the next round tries again; the WAL only grows meanwhile
+                log.warning("SQLite WAL checkpoint failed: %r", exc)
 
     async def _connection(self, lane: _Lane) -> AsyncConnection:
         if lane.conn is None:
