@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, true, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -48,7 +48,7 @@ from flows.messages import Inbound, Outbound
 from flows.texts import Texts
 from handlers.router import Router
 from storage import repo
-from storage.db import BatchStep, Database, GroupCommitter, any_of
+from storage.db import BatchStep, Database, GroupCommitter, any_of, each_of
 from storage.models import Identity, InboundMessage, utcnow
 from storage.outbox import Target, enqueue, outbox, outbox_row, recipient_row
 
@@ -166,9 +166,26 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
             insert_ignore=self._conv_insert,
         )
         self._locks = repo.ConversationLocks(row_lock=not db.is_sqlite)
-        self._logs_select = select(inbound_log.c.dedupe_key, inbound_log.c.replies).where(
-            inbound_log.c.channel == bindparam("channel"), any_of(inbound_log.c.dedupe_key, "keys")
-        )
+        self._logs_select: Any
+        if db.is_sqlite:
+            self._logs_select = select(inbound_log.c.dedupe_key, inbound_log.c.replies).where(
+                inbound_log.c.channel == bindparam("channel"),
+                any_of(inbound_log.c.dedupe_key, "keys"),
+            )
+        else:  # each key looked up in the unique index, whatever the statistics (see each_of)
+            wanted = each_of("keys")
+            found = (
+                select(inbound_log.c.dedupe_key, inbound_log.c.replies)
+                .where(
+                    inbound_log.c.channel == bindparam("channel"),
+                    inbound_log.c.dedupe_key == wanted.c.key,
+                )
+                .limit(1)
+                .lateral("found")
+            )
+            self._logs_select = select(found.c.dedupe_key, found.c.replies).select_from(
+                wanted.join(found, true())
+            )
         self._log_insert = insert(inbound_log)
         self._seen_update = (
             update(identities)

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, func, insert, literal, select, update
+from sqlalchemy import String, bindparam, func, insert, literal, select, true, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.db import any_of
+from storage.db import any_of, each_of
 from storage.models import (
     LEVEL_ORDER,
     AuditEntry,
@@ -190,7 +190,7 @@ async def people_by_identities(
         return {}
     grouped: dict[str, list[Any]] = {}
     params = {"channel": channel, "external_ids": external_ids}
-    for row in await conn.execute(_PEOPLE_BY_IDENTITIES, params):
+    for row in await conn.execute(_PEOPLE_BY_IDENTITIES[conn.dialect.name], params):
         grouped.setdefault(row.external_id, []).append(row)
     return {external_id: _found_person(rows) for external_id, rows in grouped.items()}
 
@@ -252,9 +252,47 @@ _PERSON_BY_IDENTITY = _IDENTIFY.where(
     identities.c.channel == bindparam("channel"),
     identities.c.external_id == bindparam("external_id"),
 )
-_PEOPLE_BY_IDENTITIES = _IDENTIFY.add_columns(identities.c.external_id).where(
-    identities.c.channel == bindparam("channel"), any_of(identities.c.external_id, "external_ids")
+# Many accounts of one channel: on SQLite an IN over the list; on PostgreSQL each account is
+# looked up by its unique key (see storage.db.each_of), then joined to the person.
+_WANTED = each_of("external_ids")
+_IDENTITY = (
+    select(
+        identities.c.id,
+        identities.c.person_id,
+        identities.c.last_seen_at,
+        identities.c.external_id,
+    )
+    .where(identities.c.channel == bindparam("channel"), identities.c.external_id == _WANTED.c.key)
+    .limit(1)
+    .lateral("identity")
 )
+_PEOPLE_BY_IDENTITIES = {
+    "sqlite": _IDENTIFY.add_columns(identities.c.external_id).where(
+        identities.c.channel == bindparam("channel"),
+        any_of(identities.c.external_id, "external_ids"),
+    ),
+    "postgresql": select(
+        *_PERSON_QUERY.selected_columns,
+        _IDENTITY.c.id.label("identity_id"),
+        _IDENTITY.c.last_seen_at,
+        roles.c.role,
+        _SCOPE.c.id.label("scope_id"),
+        _SCOPE.c.code.label("scope_code"),
+        _SCOPE.c.name.label("scope_name"),
+        _SCOPE.c.level.label("scope_level"),
+        _SCOPE.c.parent_id.label("scope_parent_id"),
+        _SCOPE.c.path.label("scope_path"),
+        _IDENTITY.c.external_id,
+    )
+    .select_from(
+        _WANTED.join(_IDENTITY, true())
+        .join(people, people.c.id == _IDENTITY.c.person_id)
+        .outerjoin(regions, people.c.region_id == regions.c.id)
+        .outerjoin(roles, roles.c.person_id == people.c.id)
+        .outerjoin(_SCOPE, _SCOPE.c.id == roles.c.scope_region_id)
+    )
+    .order_by(roles.c.id),
+}
 _GROUP_BY_ADDRESS = select(groups).where(
     groups.c.channel == bindparam("channel"), groups.c.external_id == bindparam("external_id")
 )
@@ -576,11 +614,7 @@ class ConversationLocks:
         )
         self.query: Any
         if row_lock:
-            wanted = (
-                func.unnest(bindparam("keys", type_=postgresql.ARRAY(String)))
-                .table_valued("key")
-                .render_derived("wanted")
-            )
+            wanted = each_of("keys")
             rows = select(
                 wanted.c.key,
                 literal({}, conversations.c.data.type),
