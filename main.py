@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from sqlalchemy import select
 
 from bot.api import create_token
-from bot.app import build_runtime, create_app
+from bot.app import build_runtime, serve
 from bot.channels.simulator import CHANNEL as SIM_CHANNEL
 from bot.config import Config, ConfigError, load_config
 from bot.console.passwords import PasswordRefused, hash_password, set_password
@@ -40,13 +39,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         print(f"simulator: http://{host}:{port}{config.channels.simulator.path}")
     if config.console.enabled:
         print(f"console: http://{host}:{port}{config.console.path}/")
-    web.run_app(
-        create_app(config),
-        host=host,
-        port=port,
-        print=None,
-        access_log=None if config.log_level != "DEBUG" else logging.getLogger("access"),
-    )
+    serve(config, access_log=None if config.log_level != "DEBUG" else logging.getLogger("access"))
     return 0
 
 

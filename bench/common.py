@@ -19,9 +19,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PG_ADMIN_URL = os.environ.get(
-    "GRIDBOT_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test"
-)
+PG_ADMIN_URL = os.environ.get("GRIDBOT_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 PG_BENCH_DB = os.environ.get("GRIDBOT_BENCH_PG_DB", "gridbot_bench")
 
 
@@ -61,8 +59,8 @@ def run_in_child(target: Callable[..., None], *args: Any) -> multiprocessing.Pro
     return process
 
 
-async def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for_port(port: int, patience_s: float = 30.0) -> None:
+    deadline = time.monotonic() + patience_s
     while time.monotonic() < deadline:
         try:
             _reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -71,7 +69,17 @@ async def wait_for_port(port: int, timeout: float = 30.0) -> None:
             return
         except OSError:
             await asyncio.sleep(0.1)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {patience_s} s")
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) a process has used so far; ``None`` off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -81,6 +89,8 @@ class LoadResult:
     errors: int
     seconds: float
     latencies_ms: list[float]
+    client_cpu_s: float | None = None
+    server_cpu_s: float | None = None
 
     @property
     def rate(self) -> float:
@@ -92,10 +102,17 @@ class LoadResult:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
+    def cpu_per_message_us(self, seconds: float | None) -> str:
+        if seconds is None or not self.count:
+            return "   ?"
+        return f"{seconds / self.count * 1e6:4.0f}"
+
     def line(self) -> str:
         return (
-            f"{self.name:<34} {self.rate:9.0f} msg/s   p50 {self.percentile(0.50):7.2f} ms   "
-            f"p99 {self.percentile(0.99):7.2f} ms   errors {self.errors}"
+            f"{self.name:<34} {self.rate:6.0f} msg/s   p50 {self.percentile(0.50):6.2f} ms   "
+            f"p99 {self.percentile(0.99):6.2f} ms   errors {self.errors}   CPU µs/msg: "
+            f"server {self.cpu_per_message_us(self.server_cpu_s)}, "
+            f"client {self.cpu_per_message_us(self.client_cpu_s)}"
         )
 
 
@@ -107,11 +124,17 @@ async def drive(
     *,
     rate_limit: float | None = None,
     time_limit: float = 60.0,
+    server_pid: int | None = None,
 ) -> LoadResult:
-    """Call ``send_one(i)`` for i < count with bounded concurrency (and an optional paced rate)."""
+    """Call ``send_one(i)`` for i < count with bounded concurrency (and an optional paced rate).
+
+    The result also has the CPU time this process (the client) used, and the server's when
+    ``server_pid`` is given: on two cores, whichever needs more per message sets the pace."""
     latencies: list[float] = []
     errors = 0
     next_index = 0
+    server_cpu = process_cpu_seconds(server_pid) if server_pid else None
+    client_cpu = time.process_time()
     start = time.perf_counter()
     deadline = start + time_limit
 
@@ -132,7 +155,20 @@ async def drive(
                 errors += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return LoadResult(name, len(latencies), errors, time.perf_counter() - start, latencies)
+    seconds = time.perf_counter() - start
+    client_cpu = time.process_time() - client_cpu
+    if server_cpu is not None and server_pid:
+        server_now = process_cpu_seconds(server_pid)
+        server_cpu = None if server_now is None else server_now - server_cpu
+    return LoadResult(
+        name,
+        len(latencies),
+        errors,
+        seconds,
+        latencies,
+        client_cpu_s=client_cpu,
+        server_cpu_s=server_cpu,
+    )
 
 
 def mean(values: list[float]) -> float:

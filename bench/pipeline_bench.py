@@ -48,19 +48,18 @@ def serve_echo(port: int) -> None:
 def serve_gridbot(port: int, url: str) -> None:
     import logging
 
-    from aiohttp import web
-
-    from bot.app import create_app
+    from bot.app import serve
     from bot.config import parse_config
 
     logging.basicConfig(level=logging.WARNING)
     config = parse_config({
+        "server": {"host": "127.0.0.1", "port": port},
         "database": {"url": url},
         "channels": {"bridge": {"enabled": True, "secret": SECRET}},
         "scheduler": {"enabled": False},
         "log_level": "WARNING",
     })
-    web.run_app(create_app(config), host="127.0.0.1", port=port, print=None, access_log=None)
+    serve(config)
 
 
 async def prepare_database(url: str) -> list[str]:
@@ -71,7 +70,7 @@ async def prepare_database(url: str) -> list[str]:
 
 
 async def load(name: str, port: int, senders: list[str], count: int, concurrency: int,
-               rate: float | None = None) -> LoadResult:
+               rate: float | None = None, server_pid: int | None = None) -> LoadResult:
     from bot.channels.bridge import sign
 
     url = f"http://127.0.0.1:{port}/bridge/inbound"
@@ -97,7 +96,9 @@ async def load(name: str, port: int, senders: list[str], count: int, concurrency
         # Warm up connections and caches, then measure.
         await drive(f"{name} warm-up", min(200, count), concurrency, send_one)
         run_id = f"{name}-{time.time_ns()}"
-        return await drive(name, count, concurrency, send_one, rate_limit=rate)
+        return await drive(
+            name, count, concurrency, send_one, rate_limit=rate, server_pid=server_pid
+        )
 
 
 async def main() -> int:
@@ -112,7 +113,7 @@ async def main() -> int:
     try:
         await wait_for_port(echo_port)
         echo_result = await load("bare aiohttp echo", echo_port, ["u"], args.count,
-                                 args.concurrency)
+                                 args.concurrency, server_pid=echo.pid)
         results.append(echo_result)
     finally:
         echo.terminate()
@@ -131,11 +132,12 @@ async def main() -> int:
             server = run_in_child(serve_gridbot, port, url)
             try:
                 await wait_for_port(port)
-                peak = await load(name, port, senders, args.count, args.concurrency)
+                peak = await load(name, port, senders, args.count, args.concurrency,
+                                  server_pid=server.pid)
                 results.append(peak)
                 half = await load(f"{name} @ half peak", port, senders,
                                   min(args.count, int(peak.rate * 10)), args.concurrency,
-                                  rate=peak.rate / 2)
+                                  rate=peak.rate / 2, server_pid=server.pid)
                 results.append(half)
             finally:
                 server.terminate()

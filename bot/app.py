@@ -6,6 +6,7 @@ scheduler) has its lifecycle in ``cleanup_ctx``; nothing lives in module globals
 
 from __future__ import annotations
 
+import gc
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -203,6 +204,37 @@ async def create_app(config: Config, *, run_workers: bool = True) -> web.Applica
 
     app.cleanup_ctx.extend([http_ctx, database_ctx, workers_ctx])
     return app
+
+
+def serve(
+    config: Config, *, run_workers: bool = True, access_log: logging.Logger | None = None
+) -> None:
+    """Run the application on ``config.server`` until interrupted: ``main.py serve``, and the
+    benchmarks, which measure what production runs."""
+
+    async def build() -> web.Application:
+        app = await create_app(config, run_workers=run_workers)
+        app.on_startup.append(_tune_collector)
+        return app
+
+    web.run_app(
+        build(),
+        host=config.server.host,
+        port=config.server.port,
+        print=None,
+        access_log=access_log,
+    )
+
+
+async def _tune_collector(app: web.Application) -> None:
+    """Once everything is built: what exists now (modules, compiled statements and templates,
+    the app) lives as long as the process, so the cyclic garbage collector stops scanning it
+    (``gc.freeze``); and it runs after 20 000 allocations instead of 700, so that the objects
+    of a request in flight are mostly gone before it looks.  Together about a tenth of the CPU
+    time of a message."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
 
 
 async def _health(request: web.Request) -> web.Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, select_autoescape
 
 TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "templates"
 
@@ -14,7 +14,10 @@ class Texts:
     """Renders chat text templates (``name`` without the ``.j2`` suffix), zh_CN first."""
 
     def __init__(self, root: Path = TEMPLATE_ROOT, locale: str = "zh_CN") -> None:
+        # Templates ship with the code: compiled once, never checked for changes on disk (a
+        # check is a stat() per template per message).
         self.env = Environment(
+            auto_reload=False,
             loader=FileSystemLoader([str(root / locale), str(root / "zh_CN")]),
             autoescape=select_autoescape(enabled_extensions=("html",), default=False),
             undefined=StrictUndefined,
@@ -22,9 +25,20 @@ class Texts:
             lstrip_blocks=True,
             keep_trailing_newline=False,
         )
+        self._templates: dict[str, Template] = {}
+        self._globals = dict(self.env.globals)
 
     def render(self, name: str, **values: Any) -> str:
-        return self.env.get_template(f"{name}.j2").render(**values).strip()
+        template = self._templates.get(name)
+        if template is None:
+            template = self._templates[name] = self.env.get_template(f"{name}.j2")
+        # Template.render() without its per-call copy of the globals through a ChainMap (half
+        # of the cost of a short text): the values are merged into a plain dict of them.
+        context = template.new_context({**self._globals, **values}, shared=True)
+        try:
+            return self.env.concat(template.root_render_func(context)).strip()
+        except Exception:
+            self.env.handle_exception()  # re-raised with the template's file and line
 
     def exists(self, name: str) -> bool:
         try:

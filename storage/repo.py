@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, func, insert, select, update
+from sqlalchemy import String, bindparam, func, insert, literal, select, true, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.db import any_of, each_of
 from storage.models import (
     LEVEL_ORDER,
     AuditEntry,
@@ -213,21 +215,47 @@ async def load_person(conn: AsyncConnection, person_id: int) -> PersonInfo | Non
     return await _person_from_row(conn, row) if row else None
 
 
+FoundPerson = tuple[int, datetime | None, PersonInfo]
+"""(identity id, when the account was last seen, the person) for a channel account."""
+
+
 async def person_by_identity(
     conn: AsyncConnection, channel: str, external_id: str
-) -> tuple[int, datetime | None, PersonInfo] | None:
+) -> FoundPerson | None:
     """The person behind a channel account: (identity id, last seen, person), in one query."""
     rows = list(
         await conn.execute(_PERSON_BY_IDENTITY, {"channel": channel, "external_id": external_id})
     )
-    if not rows:
-        return None
+    return _found_person(rows) if rows else None
+
+
+async def people_by_identities(
+    conn: AsyncConnection, channel: str, external_ids: list[str]
+) -> dict[str, FoundPerson]:
+    """:func:`person_by_identity` for many accounts of one channel in one query, by external
+    id; accounts without a person are missing from the result."""
+    if not external_ids:
+        return {}
+    grouped: dict[str, list[Any]] = {}
+    params = {"channel": channel, "external_ids": external_ids}
+    for row in await conn.execute(_PEOPLE_BY_IDENTITIES[conn.dialect.name], params):
+        grouped.setdefault(row.external_id, []).append(row)
+    return {external_id: _found_person(rows) for external_id, rows in grouped.items()}
+
+
+def _found_person(rows: list[Any]) -> FoundPerson:
     first = rows[0]
     scopes = tuple(
         Scope(
             r.role,
-            RegionInfo(r.scope_id, r.scope_code, r.scope_name, r.scope_level,
-                       r.scope_parent_id, r.scope_path),
+            RegionInfo(
+                r.scope_id,
+                r.scope_code,
+                r.scope_name,
+                r.scope_level,
+                r.scope_parent_id,
+                r.scope_path,
+            ),
         )
         for r in rows
         if r.role is not None
@@ -251,7 +279,7 @@ _PERSON_QUERY = select(
 
 # Built once: constructing a statement like this costs more than running it.
 _SCOPE = regions.alias("scope")
-_PERSON_BY_IDENTITY = (
+_IDENTIFY = (
     _PERSON_QUERY.add_columns(
         identities.c.id.label("identity_id"),
         identities.c.last_seen_at,
@@ -266,14 +294,58 @@ _PERSON_BY_IDENTITY = (
     .join(identities, identities.c.person_id == people.c.id)
     .outerjoin(roles, roles.c.person_id == people.c.id)
     .outerjoin(_SCOPE, _SCOPE.c.id == roles.c.scope_region_id)
-    .where(
-        identities.c.channel == bindparam("channel"),
-        identities.c.external_id == bindparam("external_id"),
-    )
     .order_by(roles.c.id)
 )
+_PERSON_BY_IDENTITY = _IDENTIFY.where(
+    identities.c.channel == bindparam("channel"),
+    identities.c.external_id == bindparam("external_id"),
+)
+# Many accounts of one channel: on SQLite an IN over the list; on PostgreSQL each account is
+# looked up by its unique key (see storage.db.each_of), then joined to the person.
+_WANTED = each_of("external_ids")
+_IDENTITY = (
+    select(
+        identities.c.id,
+        identities.c.person_id,
+        identities.c.last_seen_at,
+        identities.c.external_id,
+    )
+    .where(identities.c.channel == bindparam("channel"), identities.c.external_id == _WANTED.c.key)
+    .limit(1)
+    .lateral("identity")
+)
+_PEOPLE_BY_IDENTITIES = {
+    "sqlite": _IDENTIFY.add_columns(identities.c.external_id).where(
+        identities.c.channel == bindparam("channel"),
+        any_of(identities.c.external_id, "external_ids"),
+    ),
+    "postgresql": select(
+        *_PERSON_QUERY.selected_columns,
+        _IDENTITY.c.id.label("identity_id"),
+        _IDENTITY.c.last_seen_at,
+        roles.c.role,
+        _SCOPE.c.id.label("scope_id"),
+        _SCOPE.c.code.label("scope_code"),
+        _SCOPE.c.name.label("scope_name"),
+        _SCOPE.c.level.label("scope_level"),
+        _SCOPE.c.parent_id.label("scope_parent_id"),
+        _SCOPE.c.path.label("scope_path"),
+        _IDENTITY.c.external_id,
+    )
+    .select_from(
+        _WANTED.join(_IDENTITY, true())
+        .join(people, people.c.id == _IDENTITY.c.person_id)
+        .outerjoin(regions, people.c.region_id == regions.c.id)
+        .outerjoin(roles, roles.c.person_id == people.c.id)
+        .outerjoin(_SCOPE, _SCOPE.c.id == roles.c.scope_region_id)
+    )
+    .order_by(roles.c.id),
+}
 _GROUP_BY_ADDRESS = select(groups).where(
     groups.c.channel == bindparam("channel"), groups.c.external_id == bindparam("external_id")
+)
+_GROUPS_BY_ADDRESS = select(groups).where(
+    groups.c.channel == bindparam("channel"), any_of(groups.c.external_id, "external_ids")
 )
 
 
@@ -456,6 +528,16 @@ async def find_group(conn: AsyncConnection, channel: str, external_id: str) -> A
     return (await conn.execute(_GROUP_BY_ADDRESS, params)).first()
 
 
+async def find_groups(
+    conn: AsyncConnection, channel: str, external_ids: list[str]
+) -> dict[str, Any]:
+    """:func:`find_group` for many chats of one channel in one query, by external id."""
+    if not external_ids:
+        return {}
+    params = {"channel": channel, "external_ids": external_ids}
+    return {row.external_id: row for row in await conn.execute(_GROUPS_BY_ADDRESS, params)}
+
+
 async def groups_of_region(conn: AsyncConnection, region_id: int) -> list[Any]:
     return list(
         await conn.execute(
@@ -557,6 +639,58 @@ class CheckedLock:
             return ConversationState(key), row.checked
         data = dict(row.data or {})
         return ConversationState(key, row.flow, row.state, data, row.expires_at), row.checked
+
+
+class ConversationLocks:
+    """Per-person serialization for a batch of messages: take the locks of many conversation
+    keys, then read their states, in one statement.
+
+    On PostgreSQL that statement is an upsert that creates the missing rows and locks them all
+    (``ON CONFLICT DO UPDATE`` locks the row it meets, and its ``RETURNING`` gives the row as
+    it stands once locked); keys are taken in key order, so two batches that share keys cannot
+    deadlock on them.  On SQLite the caller already serializes writers and it is a plain read.
+    """
+
+    def __init__(self, *, row_lock: bool) -> None:
+        self.row_lock = row_lock
+        columns = (
+            conversations.c.key,
+            conversations.c.flow,
+            conversations.c.state,
+            conversations.c.data,
+            conversations.c.expires_at,
+        )
+        self.query: Any
+        if row_lock:
+            wanted = each_of("keys")
+            rows = select(
+                wanted.c.key,
+                literal({}, conversations.c.data.type),
+                bindparam("now", type_=conversations.c.updated_at.type),
+            ).order_by(wanted.c.key)
+            upsert = postgresql.insert(conversations).from_select(
+                ["key", "data", "updated_at"], rows
+            )
+            self.query = upsert.on_conflict_do_update(
+                index_elements=["key"], set_={"updated_at": conversations.c.updated_at}
+            ).returning(*columns)
+        else:
+            self.query = select(*columns).where(any_of(conversations.c.key, "keys"))
+
+    async def run(self, conn: AsyncConnection, keys: list[str]) -> dict[str, ConversationState]:
+        """Lock the conversations of ``keys`` (creating missing rows) and read them."""
+        ordered = sorted(set(keys))
+        if not ordered:
+            return {}
+        params: dict[str, Any] = {"keys": ordered}
+        if self.row_lock:
+            params["now"] = utcnow()
+        states = {key: ConversationState(key) for key in ordered}
+        for row in await conn.execute(self.query, params):
+            states[row.key] = ConversationState(
+                row.key, row.flow, row.state, dict(row.data or {}), row.expires_at
+            )
+        return states
 
 
 async def save_conversation(

@@ -194,10 +194,23 @@ async def seed_demo_clarifications(conn: AsyncConnection, db: Any, *, admin_id: 
     now = datetime.now(UTC)
     for claim, verdict, explanation, source in DEMO_CLARIFICATIONS:
         await insert_clarification(
-            conn, db, claim=claim, verdict=verdict, explanation=explanation,
-            source_name=source, source_url="", region_id=None, scope_path=None,
-            expires_at=None, status="published", version=1, published_at=now,
-            withdrawn_at=None, created_by=admin_id, updated_by=admin_id, created_at=now,
+            conn,
+            db,
+            claim=claim,
+            verdict=verdict,
+            explanation=explanation,
+            source_name=source,
+            source_url="",
+            region_id=None,
+            scope_path=None,
+            expires_at=None,
+            status="published",
+            version=1,
+            published_at=now,
+            withdrawn_at=None,
+            created_by=admin_id,
+            updated_by=admin_id,
+            created_at=now,
             updated_at=now,
         )
     return len(DEMO_CLARIFICATIONS)

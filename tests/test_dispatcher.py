@@ -6,10 +6,10 @@ import asyncio
 import enum
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
-
 from bridge_client import message, signed
 from conftest import BRIDGE_SECRET
+from sqlalchemy import func, select, update
+
 from flows.context import Context
 from flows.engine import Flow, Reask
 from handlers.router import Route
@@ -211,26 +211,50 @@ async def test_same_message_to_two_instances_runs_once(make_config, start_app, d
 async def test_retry_during_a_late_reply_gets_it_inline_and_nothing_is_sent_twice(
     make_config, start_app, db
 ):
-    # The flow is held until the retry is on its way, so the first attempt surely runs past its
-    # budget; the margins are wide so that a loaded machine cannot reorder the steps.
     client, rt = await start_app(make_config(conversation={"reply_budget_s": 1.5}))
     release = asyncio.Event()
+    runs = []
 
     async def slow(ctx: Context) -> None:
-        await release.wait()
+        runs.append(1)
+        await asyncio.wait_for(release.wait(), 30)
         ctx.outbound.append(_text("稍等后的回复"))
 
     add_route(rt, "慢", slow)
-    first = await send(client, "late-1", "wx-late", "慢")
-    retrying = asyncio.ensure_future(send(client, "late-1", "wx-late", "慢"))
-    await asyncio.sleep(0.5)  # the retry is now waiting on the run in flight
+    # The first attempt runs out of its budget while the handler is still at work...
+    assert await send(client, "late-1", "wx-late", "慢") == []
+    # ...the platform retries, and the reply is ready while the retry waits: inline, once.
+    retry = asyncio.ensure_future(send(client, "late-1", "wx-late", "慢"))
+    await asyncio.sleep(0.5)  # the retry is now waiting (it may wait up to its 1.5 s budget)
     release.set()
-    retry = await retrying
-    assert first == []
-    assert retry == ["稍等后的回复"]
+    assert await retry == ["稍等后的回复"]
     await rt.dispatcher.drain()
+    assert len(runs) == 1
     async with db.read() as conn:
         assert (await conn.execute(select(func.count()).select_from(outbox))).scalar() == 0
+    # A later retry gets the stored reply, still without running the handler or the outbox.
+    assert await send(client, "late-1", "wx-late", "慢") == ["稍等后的回复"]
+    assert len(runs) == 1
+
+
+async def test_repeats_of_a_message_in_flight_share_its_run(make_config, start_app, db):
+    client, rt = await start_app(make_config())
+    release = asyncio.Event()
+    runs = []
+
+    async def hold(ctx: Context) -> None:
+        runs.append(1)
+        await asyncio.wait_for(release.wait(), 30)
+        await repo.record_audit(ctx.conn, actor_id=None, action="test.held")
+        ctx.outbound.append(_text("同一条消息"))
+
+    add_route(rt, "等等", hold)
+    attempts = [asyncio.ensure_future(send(client, "f1", "wx-f", "等等")) for _ in range(3)]
+    await asyncio.sleep(0.2)
+    release.set()
+    assert await asyncio.gather(*attempts) == [["同一条消息"]] * 3
+    assert len(runs) == 1
+    assert await audit_count(db, "test.held") == 1
 
 
 async def test_an_event_is_not_taken_as_an_answer_to_a_flow(make_config, start_app, db):

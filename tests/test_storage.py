@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 
 import pytest
 from sqlalchemy import func, insert, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from storage import repo
-from storage.db import GroupCommitter
+from storage.db import Database, GroupCommitter
 from storage.models import Conversation, Role
 
 
@@ -116,3 +119,57 @@ async def test_group_commit_shares_transactions(db):
         await committer.stop()
     assert committer.jobs == 200
     assert committer.batches < 200
+
+
+async def test_group_commit_waits_for_another_sqlite_writer_without_blocking_the_loop(
+    sqlite_url,
+):
+    """The committer's SQLite transactions run on the event loop; waiting for a write lock that
+    another connection (or process) holds must still happen off the loop."""
+    db = Database(sqlite_url)
+    committer = GroupCommitter(db)
+    committer.start()
+    table = Conversation.__table__
+    locked, release = threading.Event(), threading.Event()
+
+    async def nothing(conn):
+        return None
+
+    await committer.run(nothing)  # the committer's connection is open (and the file in WAL)
+
+    released_by_the_loop = []
+
+    def hold_the_write_lock() -> None:
+        other = sqlite3.connect(make_url(sqlite_url).database, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        locked.set()
+        # Only a running event loop can say "release": a loop stuck waiting for this lock
+        # could not, and the lock is then released after a while anyway (the test fails).
+        released_by_the_loop.append(release.wait(10))
+        other.execute("COMMIT")
+        other.close()
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    try:
+        await asyncio.to_thread(locked.wait, 30)
+
+        async def job(conn):
+            await conn.execute(insert(table).values(key="after-the-lock", data={}))
+            return "done"
+
+        queued = asyncio.ensure_future(committer.run(job))
+        for _ in range(5):  # the loop keeps running while the job waits for the lock
+            await asyncio.sleep(0.01)
+        assert not queued.done()
+        release.set()
+        assert await queued == "done"
+        assert released_by_the_loop == [True]
+        async with db.read() as conn:
+            keys = (await conn.execute(select(table.c.key))).scalars().all()
+        assert keys == ["after-the-lock"]
+    finally:
+        release.set()
+        holder.join()
+        await committer.stop()
+        await db.dispose()

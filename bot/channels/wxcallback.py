@@ -219,7 +219,7 @@ class WxCallback:
             inbound.timestamp or int(time.time()),
         )
         if encrypt and self.crypto is not None:
-            nonce = "".join(secrets.choice("0123456789") for _ in range(10))
+            nonce = f"{secrets.randbelow(10**10):010d}"  # ten digits, one CSPRNG read
             reply = self.crypto.encrypt_reply(reply, nonce, str(int(time.time())))
         return web.Response(text=reply, content_type="application/xml")
 

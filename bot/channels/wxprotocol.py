@@ -23,7 +23,6 @@ import hmac
 import math
 import re
 import secrets
-import string
 import struct
 from typing import Any, Literal
 from xml.etree.ElementTree import Element, ParseError
@@ -57,7 +56,6 @@ MAX_BODY = 64 * 1024
 
 CryptoKind = Literal["wechat_mp", "wecom"]
 
-_RANDOM_ALPHABET = string.ascii_letters + string.digits
 _SAFE_NONCE = re.compile(r"[0-9A-Za-z]{1,64}")
 _SAFE_TIMESTAMP = re.compile(r"[0-9]{1,20}")
 # Characters XML 1.0 cannot carry at all, even inside CDATA.
@@ -121,8 +119,9 @@ def within_skew(timestamp: str, now: float, max_skew_s: int) -> bool:
 # --- AES envelope -----------------------------------------------------------------------------
 
 
-def _secure_random_string(length: int = 16) -> str:
-    return "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(length))
+def _secure_random_string() -> str:
+    # 16 characters from one CSPRNG read (a choice() per character is a getrandom() call each).
+    return secrets.token_hex(8)
 
 
 class _SecureMpPrpCrypto(MpPrpCrypto):
@@ -184,14 +183,12 @@ class MessageCrypto:
         self.kind: CryptoKind = kind
         self.token = token
         self.receive_id = receive_id
-        self._key = _decode_aes_key(encoding_aes_key)
-
-    def _cipher(self) -> Any:
-        # A fresh cipher per call: wechatpy keeps no state in it, and this keeps the object
-        # safe to share between tasks.
-        if self.kind == "wechat_mp":
-            return _SecureMpPrpCrypto(self._key)
-        return _SecureWeComPrpCrypto(self._key)
+        key = _decode_aes_key(encoding_aes_key)
+        # Shared by all calls: wechatpy's cipher makes a fresh encryptor or decryptor for each
+        # message and keeps no other state.
+        self._cipher: Any = (
+            _SecureMpPrpCrypto(key) if kind == "wechat_mp" else _SecureWeComPrpCrypto(key)
+        )
 
     def _decrypt(self, encrypted: str) -> str:
         try:
@@ -201,7 +198,7 @@ class MessageCrypto:
         if len(raw) < 32 or len(raw) % 16:
             raise ProtocolError(400, "encrypted value has a bad length")
         try:
-            plaintext = self._cipher().decrypt(encrypted, self.receive_id)
+            plaintext = self._cipher.decrypt(encrypted, self.receive_id)
         except (InvalidAppIdException, InvalidCorpIdException) as exc:
             raise ProtocolError(403, "message is for another app") from exc
         except (ValueError, struct.error, UnicodeDecodeError, IndexError) as exc:
@@ -247,7 +244,7 @@ class MessageCrypto:
             raise ProtocolError(400, "bad nonce")
         if not _SAFE_TIMESTAMP.fullmatch(timestamp):
             raise ProtocolError(400, "bad timestamp")
-        encrypted = self._cipher().encrypt(xml, self.receive_id).decode("ascii")
+        encrypted = self._cipher.encrypt(xml, self.receive_id).decode("ascii")
         signature = url_signature(self.token, timestamp, nonce, encrypted)
         return (
             "<xml>"
