@@ -23,11 +23,20 @@ async def migrate_and_seed(url: str, residents: int = 200) -> list[str]:
         async with db.write() as conn:
             city = await seed_demo(conn, residents=residents, sim=False)
             senders = [f"bridge-{pid}" for pid in city.resident_ids]
-            await conn.execute(insert(Identity.__table__), [
-                {"person_id": pid, "channel": "bridge", "external_id": f"bridge-{pid}",
-                 "display_name": "", "created_at": utcnow(), "last_seen_at": utcnow()}
-                for pid in city.resident_ids
-            ])
+            await conn.execute(
+                insert(Identity.__table__),
+                [
+                    {
+                        "person_id": pid,
+                        "channel": "bridge",
+                        "external_id": f"bridge-{pid}",
+                        "display_name": "",
+                        "created_at": utcnow(),
+                        "last_seen_at": utcnow(),
+                    }
+                    for pid in city.resident_ids
+                ],
+            )
     finally:
         await db.dispose()
     return senders

@@ -21,8 +21,8 @@ import aiohttp
 from common import (
     LoadResult,
     drive,
-    fresh_postgres,
     free_port,
+    fresh_postgres,
     run_in_child,
     sqlite_url,
     wait_for_port,
@@ -52,13 +52,15 @@ def serve_gridbot(port: int, url: str) -> None:
     from bot.config import parse_config
 
     logging.basicConfig(level=logging.WARNING)
-    config = parse_config({
-        "server": {"host": "127.0.0.1", "port": port},
-        "database": {"url": url},
-        "channels": {"bridge": {"enabled": True, "secret": SECRET}},
-        "scheduler": {"enabled": False},
-        "log_level": "WARNING",
-    })
+    config = parse_config(
+        {
+            "server": {"host": "127.0.0.1", "port": port},
+            "database": {"url": url},
+            "channels": {"bridge": {"enabled": True, "secret": SECRET}},
+            "scheduler": {"enabled": False},
+            "log_level": "WARNING",
+        }
+    )
     serve(config)
 
 
@@ -69,8 +71,15 @@ async def prepare_database(url: str) -> list[str]:
     return await migrate_and_seed(url)
 
 
-async def load(name: str, port: int, senders: list[str], count: int, concurrency: int,
-               rate: float | None = None, server_pid: int | None = None) -> LoadResult:
+async def load(
+    name: str,
+    port: int,
+    senders: list[str],
+    count: int,
+    concurrency: int,
+    rate: float | None = None,
+    server_pid: int | None = None,
+) -> LoadResult:
     from bot.channels.bridge import sign
 
     url = f"http://127.0.0.1:{port}/bridge/inbound"
@@ -79,16 +88,22 @@ async def load(name: str, port: int, senders: list[str], count: int, concurrency
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def send_one(i: int) -> bool:
-            body = json.dumps({
-                "message_id": f"{run_id}-{i}",
-                "sender": {"id": senders[i % len(senders)], "name": ""},
-                "chat": {"type": "direct"},
-                "text": "帮助",
-                "timestamp": int(time.time()),
-            }, ensure_ascii=False).encode()
+            body = json.dumps(
+                {
+                    "message_id": f"{run_id}-{i}",
+                    "sender": {"id": senders[i % len(senders)], "name": ""},
+                    "chat": {"type": "direct"},
+                    "text": "帮助",
+                    "timestamp": int(time.time()),
+                },
+                ensure_ascii=False,
+            ).encode()
             ts = str(int(time.time()))
-            headers = {"Content-Type": "application/json", "X-Bridge-Timestamp": ts,
-                       "X-Bridge-Signature": sign(SECRET, ts, body)}
+            headers = {
+                "Content-Type": "application/json",
+                "X-Bridge-Timestamp": ts,
+                "X-Bridge-Signature": sign(SECRET, ts, body),
+            }
             async with session.post(url, data=body, headers=headers) as response:
                 payload = await response.json()
                 return response.status == 200 and bool(payload["replies"])
@@ -112,8 +127,9 @@ async def main() -> int:
     echo = run_in_child(serve_echo, echo_port)
     try:
         await wait_for_port(echo_port)
-        echo_result = await load("bare aiohttp echo", echo_port, ["u"], args.count,
-                                 args.concurrency, server_pid=echo.pid)
+        echo_result = await load(
+            "bare aiohttp echo", echo_port, ["u"], args.count, args.concurrency, server_pid=echo.pid
+        )
         results.append(echo_result)
     finally:
         echo.terminate()
@@ -132,12 +148,19 @@ async def main() -> int:
             server = run_in_child(serve_gridbot, port, url)
             try:
                 await wait_for_port(port)
-                peak = await load(name, port, senders, args.count, args.concurrency,
-                                  server_pid=server.pid)
+                peak = await load(
+                    name, port, senders, args.count, args.concurrency, server_pid=server.pid
+                )
                 results.append(peak)
-                half = await load(f"{name} @ half peak", port, senders,
-                                  min(args.count, int(peak.rate * 10)), args.concurrency,
-                                  rate=peak.rate / 2, server_pid=server.pid)
+                half = await load(
+                    f"{name} @ half peak",
+                    port,
+                    senders,
+                    min(args.count, int(peak.rate * 10)),
+                    args.concurrency,
+                    rate=peak.rate / 2,
+                    server_pid=server.pid,
+                )
                 results.append(half)
             finally:
                 server.terminate()
@@ -148,8 +171,10 @@ async def main() -> int:
         print(result.line())
     for result in results[1:]:
         if "half" not in result.name:
-            print(f"{result.name}: {result.rate / echo_result.rate:.0%} of the echo's rate "
-                  f"(goal: at least 50%)")
+            print(
+                f"{result.name}: {result.rate / echo_result.rate:.0%} of the echo's rate "
+                f"(goal: at least 50%)"
+            )
     return 0
 
 

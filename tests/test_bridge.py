@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-from sqlalchemy import func, select
-
 from bridge_client import message, signed
 from conftest import BRIDGE_SECRET
+from sqlalchemy import func, select
+
 from storage.models import Conversation, Identity, InboundMessage, Person
 
 PATH = "/bridge/inbound"

@@ -50,8 +50,9 @@ def _text(text: str):
 
 
 def add_route(rt, keyword: str, handler) -> None:
-    rt.dispatcher.router.routes.insert(0, Route(handler, keywords=frozenset({keyword}),
-                                                registered=None))
+    rt.dispatcher.router.routes.insert(
+        0, Route(handler, keywords=frozenset({keyword}), registered=None)
+    )
 
 
 async def send(client, msg_id: str, sender: str, text: str) -> list[str]:
@@ -63,8 +64,11 @@ async def send(client, msg_id: str, sender: str, text: str) -> list[str]:
 
 async def audit_count(db, action: str) -> int:
     async with db.read() as conn:
-        return (await conn.execute(
-            select(func.count()).select_from(audit).where(audit.c.action == action))).scalar()
+        return (
+            await conn.execute(
+                select(func.count()).select_from(audit).where(audit.c.action == action)
+            )
+        ).scalar()
 
 
 async def test_handler_error_rolls_back_and_answers_an_apology_once(make_config, start_app, db):
@@ -114,7 +118,8 @@ async def test_cancel_word_ends_the_flow(make_config, start_app, db):
 
     add_route(rt, "计数", start_counter)
     await send(client, "c1", "wx-z", "计数")
-    assert await send(client, "c2", "wx-z", "取消") == [rt.dispatcher.texts.render("common/cancelled")]
+    cancelled = rt.dispatcher.texts.render("common/cancelled")
+    assert await send(client, "c2", "wx-z", "取消") == [cancelled]
     # "3" no longer goes to the counter: an unknown sender is asked to register.
     assert "网格编码" in "".join(await send(client, "c3", "wx-z", "3"))
 
@@ -129,8 +134,9 @@ async def test_expired_conversation_is_not_resumed(make_config, start_app, db):
     add_route(rt, "计数", start_counter)
     await send(client, "x1", "wx-w", "计数")
     async with db.write() as conn:
-        await conn.execute(update(Conversation.__table__)
-                           .values(expires_at=utcnow() - timedelta(minutes=1)))
+        await conn.execute(
+            update(Conversation.__table__).values(expires_at=utcnow() - timedelta(minutes=1))
+        )
     replies = await send(client, "x2", "wx-w", "5")
     assert "n=" not in "".join(replies)
     assert await audit_count(db, "test.count") == 0
@@ -160,18 +166,14 @@ async def test_reply_over_budget_goes_through_the_outbox_once(make_config, start
 async def test_concurrent_messages_share_commits(make_config, start_app, db, demo):
     client, rt = await start_app(make_config())
     jobs_before, batches_before = rt.committer.jobs, rt.committer.batches
-    await asyncio.gather(*[
-        send(client, f"g{i}", f"wx-g{i}", "你好") for i in range(60)
-    ])
+    await asyncio.gather(*[send(client, f"g{i}", f"wx-g{i}", "你好") for i in range(60)])
     jobs = rt.committer.jobs - jobs_before
     batches = rt.committer.batches - batches_before
     assert jobs == 60
     assert batches < jobs  # group commit: fewer commits than messages
 
 
-async def test_one_persons_messages_are_serialized_across_two_instances(
-    make_config, start_app, db
-):
+async def test_one_persons_messages_are_serialized_across_two_instances(make_config, start_app, db):
     config = make_config()
     (client_a, rt_a), (client_b, rt_b) = await start_app(config), await start_app(config)
     for rt in (rt_a, rt_b):
@@ -182,9 +184,9 @@ async def test_one_persons_messages_are_serialized_across_two_instances(
 
         add_route(rt, "计数", start_counter)
     await send(client_a, "p0", "wx-same", "计数")
-    await asyncio.gather(*[
-        send(client_a if i % 2 else client_b, f"p{i}", "wx-same", "1") for i in range(1, 21)
-    ])
+    await asyncio.gather(
+        *[send(client_a if i % 2 else client_b, f"p{i}", "wx-same", "1") for i in range(1, 21)]
+    )
     async with db.read() as conn:
         row = (await conn.execute(select(Conversation.__table__))).one()
     assert row.data["n"] == 20  # no lost update between the two instances
@@ -201,9 +203,9 @@ async def test_same_message_to_two_instances_runs_once(make_config, start_app, d
             ctx.outbound.append(_text("只处理一次"))
 
         add_route(rt, "打点", hit)
-    results = await asyncio.gather(*[
-        send(client_a if i % 2 else client_b, "same-id", "wx-dup", "打点") for i in range(6)
-    ])
+    results = await asyncio.gather(
+        *[send(client_a if i % 2 else client_b, "same-id", "wx-dup", "打点") for i in range(6)]
+    )
     assert all(r == ["只处理一次"] for r in results)
     assert await audit_count(db, "test.hit") == 1
 
@@ -267,14 +269,26 @@ async def test_an_event_is_not_taken_as_an_answer_to_a_flow(make_config, start_a
         await ctx.flows.start(ctx, "test-counter")
 
     add_route(rt, "计数", start_counter)
-    await rt.dispatcher.handle(Inbound(channel="bridge", sender_id="wx-ev", text="计数",
-                                       dedupe_key="ev-1"))
-    click = Inbound(channel="bridge", sender_id="wx-ev", text="", dedupe_key="ev-2",
-                    kind="event", event="view", event_key="https://example.invalid/")
+    await rt.dispatcher.handle(
+        Inbound(channel="bridge", sender_id="wx-ev", text="计数", dedupe_key="ev-1")
+    )
+    click = Inbound(
+        channel="bridge",
+        sender_id="wx-ev",
+        text="",
+        dedupe_key="ev-2",
+        kind="event",
+        event="view",
+        event_key="https://example.invalid/",
+    )
     replies = await rt.dispatcher.handle(click)
     assert all("n=" not in r.text for r in replies)
-    assert await rt.dispatcher.handle(Inbound(channel="bridge", sender_id="wx-ev", text="4",
-                                              dedupe_key="ev-3")) is not None
+    assert (
+        await rt.dispatcher.handle(
+            Inbound(channel="bridge", sender_id="wx-ev", text="4", dedupe_key="ev-3")
+        )
+        is not None
+    )
     async with db.read() as conn:
         row = (await conn.execute(select(Conversation.__table__))).one()
     assert row.data["n"] == 4 and "_retries" not in row.data

@@ -84,8 +84,11 @@ def make_worker(db: Database, session, receiver: Receiver, **outbox_settings) ->
 
 async def queue(db: Database, n: int, *, kind: str = "user", prefix: str = "m") -> None:
     rows = [
-        outbox_row(key=f"{prefix}-{i}", target=Target("bridge", kind, f"u{i % 7}"),
-                   payload={"text": f"第{i}条"})
+        outbox_row(
+            key=f"{prefix}-{i}",
+            target=Target("bridge", kind, f"u{i % 7}"),
+            payload={"text": f"第{i}条"},
+        )
         for i in range(n)
     ]
     async with db.write() as conn:
@@ -119,8 +122,9 @@ async def test_crash_between_claim_and_send_loses_nothing_and_sends_once(db, ses
     await queue(db, 10)
     # A worker claims the batch, then its process dies before sending anything.
     async with db.write() as conn:
-        claimed = await claim_due(conn, limit=10, claim_timeout=timedelta(seconds=300),
-                                  skip_locked=not db.is_sqlite)
+        claimed = await claim_due(
+            conn, limit=10, claim_timeout=timedelta(seconds=300), skip_locked=not db.is_sqlite
+        )
     assert len(claimed) == 10
     worker = make_worker(db, session, receiver, claim_timeout_s=60)
     # Another worker does not touch rows whose claim is still fresh...
@@ -181,8 +185,11 @@ async def test_unreachable_gateway_is_retried(db, session, receiver):
 
 async def test_robot_rate_limit_holds_back_the_rest(db, session, receiver):
     rows = [
-        outbox_row(key=f"robot-{i}", target=Target("bridge", "robot", "robot-key-1"),
-                   payload={"text": f"通知{i}"})
+        outbox_row(
+            key=f"robot-{i}",
+            target=Target("bridge", "robot", "robot-key-1"),
+            payload={"text": f"通知{i}"},
+        )
         for i in range(25)
     ]
     async with db.write() as conn:
@@ -196,16 +203,21 @@ async def test_robot_rate_limit_holds_back_the_rest(db, session, receiver):
     assert all(r.attempts == 0 and r.next_attempt_at > utcnow() for r in held)
     # Still inside the minute: nothing more goes out even when the rows are due again.
     async with db.write() as conn:
-        await conn.execute(update(outbox).where(outbox.c.status == "pending")
-                           .values(next_attempt_at=utcnow()))
+        await conn.execute(
+            update(outbox).where(outbox.c.status == "pending").values(next_attempt_at=utcnow())
+        )
     await worker.run_once()
     assert len(receiver.received) == 20
     # A minute later the rest go.
     async with db.write() as conn:
-        await conn.execute(update(outbox).where(outbox.c.status == "sent")
-                           .values(sent_at=utcnow() - timedelta(seconds=61)))
-        await conn.execute(update(outbox).where(outbox.c.status == "pending")
-                           .values(next_attempt_at=utcnow()))
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.status == "sent")
+            .values(sent_at=utcnow() - timedelta(seconds=61))
+        )
+        await conn.execute(
+            update(outbox).where(outbox.c.status == "pending").values(next_attempt_at=utcnow())
+        )
     await worker.run_once()
     assert len(receiver.received) == 25
 
@@ -214,8 +226,10 @@ async def test_two_workers_never_send_a_row_twice(database_url, session, receive
     first, second = Database(database_url), Database(database_url)
     try:
         await queue(first, 400)
-        workers = [make_worker(first, session, receiver, batch_size=50),
-                   make_worker(second, session, receiver, batch_size=50)]
+        workers = [
+            make_worker(first, session, receiver, batch_size=50),
+            make_worker(second, session, receiver, batch_size=50),
+        ]
         while True:
             counts = await asyncio.gather(*(w.run_once() for w in workers))
             if not any(counts):

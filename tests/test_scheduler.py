@@ -21,8 +21,9 @@ outbox = OutboxMessage.__table__
 
 
 def job_runtime(config, db: Database, name: str) -> JobRuntime:
-    return JobRuntime(id=name, config=config, db=db, committer=GroupCommitter(db),
-                      errors=ErrorReporter())
+    return JobRuntime(
+        id=name, config=config, db=db, committer=GroupCommitter(db), errors=ErrorReporter()
+    )
 
 
 async def failing_job(runtime_id: str) -> None:
@@ -88,17 +89,32 @@ async def test_retention_purges_old_logs_and_delivered_messages_only(make_config
     old = utcnow() - timedelta(days=31)
     async with db.write() as conn:
         for key, when in (("old", old), ("new", utcnow())):
-            await conn.execute(insert(inbound).values(
-                channel="bridge", dedupe_key=key, sender_id="u", kind="text", text="体温36.5",
-                received_at=when))
-        await enqueue(conn, [
-            outbox_row(key=k, target=Target("bridge", "user", "u"), payload={"text": "x"})
-            for k in ("sent-old", "pending-old", "sent-new")
-        ], db.insert_ignore(outbox))
-        await conn.execute(update(outbox).where(outbox.c.key.in_(["sent-old", "pending-old"]))
-                           .values(created_at=old))
-        await conn.execute(update(outbox).where(outbox.c.key.in_(["sent-old", "sent-new"]))
-                           .values(status="sent"))
+            await conn.execute(
+                insert(inbound).values(
+                    channel="bridge",
+                    dedupe_key=key,
+                    sender_id="u",
+                    kind="text",
+                    text="体温36.5",
+                    received_at=when,
+                )
+            )
+        await enqueue(
+            conn,
+            [
+                outbox_row(key=k, target=Target("bridge", "user", "u"), payload={"text": "x"})
+                for k in ("sent-old", "pending-old", "sent-new")
+            ],
+            db.insert_ignore(outbox),
+        )
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.key.in_(["sent-old", "pending-old"]))
+            .values(created_at=old)
+        )
+        await conn.execute(
+            update(outbox).where(outbox.c.key.in_(["sent-old", "sent-new"])).values(status="sent")
+        )
     counts = await retention_job("retention")
     assert counts["inbound_messages"] == 1
     assert counts["outbox"] == 1

@@ -19,12 +19,15 @@ from storage.models import Conversation, Role
 async def test_region_tree_paths_and_scope(db):
     async with db.write() as conn:
         city = await repo.create_region(conn, code="C", name="市", level="city", parent=None)
-        district = await repo.create_region(conn, code="D", name="区", level="district",
-                                            parent=city)
-        street = await repo.create_region(conn, code="S", name="街道", level="street",
-                                          parent=district)
-        other = await repo.create_region(conn, code="D2", name="另一区", level="district",
-                                         parent=city)
+        district = await repo.create_region(
+            conn, code="D", name="区", level="district", parent=city
+        )
+        street = await repo.create_region(
+            conn, code="S", name="街道", level="street", parent=district
+        )
+        other = await repo.create_region(
+            conn, code="D2", name="另一区", level="district", parent=city
+        )
         with pytest.raises(ValueError, match="cannot sit under"):
             await repo.create_region(conn, code="G", name="网格", level="grid", parent=street)
     assert street.path == f"/{city.id}/{district.id}/{street.id}/"
@@ -54,17 +57,33 @@ async def test_person_roles_identity_and_scope(db, demo):
 
 async def test_conversation_state_round_trip(db):
     async with db.write() as conn:
-        state = await repo.lock_conversation(conn, "p:1", row_lock=not db.is_sqlite,
-                                             insert_ignore=db.insert_ignore(repo.conversations))
+        state = await repo.lock_conversation(
+            conn,
+            "p:1",
+            row_lock=not db.is_sqlite,
+            insert_ignore=db.insert_ignore(repo.conversations),
+        )
         assert state.flow is None
         state.flow, state.state, state.data = "registration", "code_or_phone", {"a": [1, "二"]}
-        await repo.save_conversation(conn, state, upsert=db.upsert(
-            repo.conversations, ["key"], ["flow", "state", "data", "expires_at", "updated_at"]))
+        await repo.save_conversation(
+            conn,
+            state,
+            upsert=db.upsert(
+                repo.conversations, ["key"], ["flow", "state", "data", "expires_at", "updated_at"]
+            ),
+        )
     async with db.write() as conn:
-        again = await repo.lock_conversation(conn, "p:1", row_lock=not db.is_sqlite,
-                                             insert_ignore=db.insert_ignore(repo.conversations))
-    assert (again.flow, again.state, again.data) == ("registration", "code_or_phone",
-                                                     {"a": [1, "二"]})
+        again = await repo.lock_conversation(
+            conn,
+            "p:1",
+            row_lock=not db.is_sqlite,
+            insert_ignore=db.insert_ignore(repo.conversations),
+        )
+    assert (again.flow, again.state, again.data) == (
+        "registration",
+        "code_or_phone",
+        {"a": [1, "二"]},
+    )
 
 
 def test_mask_phone():
@@ -87,14 +106,13 @@ async def test_group_commit_isolates_a_failing_job(db):
         return run
 
     try:
-        results = await asyncio.gather(*(committer.run(job(i)) for i in range(20)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(committer.run(job(i)) for i in range(20)), return_exceptions=True
+        )
     finally:
         await committer.stop()
-    assert [r for r in results if isinstance(r, Exception)][0].args == ("job 7 fails",)
-    assert [r for r in results if not isinstance(r, Exception)] == [
-        i for i in range(20) if i != 7
-    ]
+    assert next(r for r in results if isinstance(r, Exception)).args == ("job 7 fails",)
+    assert [r for r in results if not isinstance(r, Exception)] == [i for i in range(20) if i != 7]
     async with db.read() as conn:
         keys = set((await conn.execute(select(table.c.key))).scalars())
         count = (await conn.execute(select(func.count()).select_from(table))).scalar()
