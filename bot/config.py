@@ -44,11 +44,11 @@ class DatabaseConfig(_Section):
     pool_size: int = Field(10, ge=1)
     commit_batch: int = Field(64, ge=1)
     """Most inbound messages handled in one shared transaction (group commit)."""
-    commit_lanes: int = Field(2, ge=1)
+    commit_lanes: int = Field(1, ge=1)
     """Concurrent group-commit transactions on PostgreSQL (SQLite always uses one writer).  A
-    batch costs about six round trips to the server whatever its size, so fewer lanes make
-    larger batches and cheaper messages; more lanes keep a lane waiting on a row lock from
-    holding up everyone else."""
+    batch costs about six round trips to the server whatever its size, so one lane makes the
+    largest batches and the cheapest messages (a process is bound by its one CPU anyway); more
+    lanes keep one that waits on a row lock held by another process from holding up the rest."""
 
 
 class BridgeConfig(_Section):

@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, true, update
+from sqlalchemy import bindparam, func, insert, select, true, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.config import Config
@@ -58,6 +59,20 @@ inbound_log = InboundMessage.__table__
 identities = Identity.__table__
 
 MAX_LOGGED_TEXT = 4000
+LOG_COLUMNS = [
+    inbound_log.c[name]
+    for name in (
+        "channel",
+        "dedupe_key",
+        "sender_id",
+        "chat_id",
+        "person_id",
+        "kind",
+        "text",
+        "replies",
+        "received_at",
+    )
+]
 SEEN_REFRESH = timedelta(hours=1)
 
 
@@ -186,7 +201,19 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
             self._logs_select = select(found.c.dedupe_key, found.c.replies).select_from(
                 wanted.join(found, true())
             )
-        self._log_insert = insert(inbound_log)
+        self._log_insert: Any = insert(inbound_log)
+        if not db.is_sqlite:
+            # One INSERT ... SELECT FROM unnest(column arrays) for the whole batch: PostgreSQL
+            # runs one statement instead of one per row (SQLite's executemany is one call).
+            columns = [c.name for c in LOG_COLUMNS]
+            rows = (
+                func.unnest(
+                    *(bindparam(c.name, type_=postgresql.ARRAY(c.type)) for c in LOG_COLUMNS)
+                )
+                .table_valued(*columns)
+                .render_derived("batch")
+            )
+            self._log_insert = insert(inbound_log).from_select(columns, select(*rows.c))
         self._seen_update = (
             update(identities)
             .where(identities.c.id == bindparam("identity_id"))
@@ -391,7 +418,11 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
         """The batch's inbound log (the dedupe records) and last-seen times, one statement
         each."""
         if shared.log_rows:
-            await conn.execute(self._log_insert, shared.log_rows)
+            if self.db.is_sqlite:
+                await conn.execute(self._log_insert, shared.log_rows)
+            else:
+                columns = {c.name: [row[c.name] for row in shared.log_rows] for c in LOG_COLUMNS}
+                await conn.execute(self._log_insert, columns)
         if shared.seen:
             await conn.execute(self._seen_update, shared.seen)
 

@@ -336,7 +336,7 @@ class GroupCommitter:
     batch); a connection that breaks is dropped and the next batch opens a new one.
     """
 
-    def __init__(self, db: Database, *, max_batch: int = 64, lanes: int = 4) -> None:
+    def __init__(self, db: Database, *, max_batch: int = 64, lanes: int = 1) -> None:
         self._db = db
         self._max_batch = max_batch
         self._lanes = [_Lane() for _ in range(1 if db.is_sqlite else lanes)]
