@@ -654,7 +654,8 @@ async def _ensure_sweep_state(conn: AsyncConnection) -> None:
 
 async def take_alert_mark(conn: AsyncConnection) -> tuple[int, int]:
     """Lock the sweep's state row (waiting for pages still writing) and return (the event up
-    to which handlers were alerted, the newest event)."""
+    to which handlers were alerted, the newest event).  The mark is moved up to just before
+    the first event after it, so that a gap in the ids is not walked window by window."""
     await _ensure_sweep_state(conn)
     mark = (
         await conn.execute(
@@ -663,8 +664,14 @@ async def take_alert_mark(conn: AsyncConnection) -> tuple[int, int]:
             .with_for_update()
         )
     ).scalar_one()
-    newest = (await conn.execute(select(func.max(events.c.id)))).scalar()
-    return int(mark), int(newest or 0)
+    first, newest = (
+        await conn.execute(
+            select(func.min(events.c.id), func.max(events.c.id)).where(events.c.id > mark)
+        )
+    ).one()
+    if first is None:
+        return int(mark), int(mark)
+    return int(first) - 1, int(newest)
 
 
 async def set_alert_mark(conn: AsyncConnection, event_id: int) -> None:
