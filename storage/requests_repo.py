@@ -623,6 +623,13 @@ async def escalate_due(
     return Moved(len(moved_rows), sum(1 for r in moved_rows if r.escalate_at is None))
 
 
+async def any_due(conn: AsyncConnection, *, now: datetime) -> bool:
+    """Whether any clock's escalation time has come: the earliest one, read from the end of
+    the due index (a ``LIMIT 1`` filter could be planned as a scan when statistics are old)."""
+    earliest = (await conn.execute(select(func.min(clocks.c.escalate_at)))).scalar()
+    return earliest is not None and earliest <= now
+
+
 # -- escalation alerts -----------------------------------------------------------------------
 
 SWEEP_STATE_ID = 1
@@ -650,6 +657,18 @@ async def _ensure_sweep_state(conn: AsyncConnection) -> None:
         .values(id=SWEEP_STATE_ID, alerted_event_id=0)
         .on_conflict_do_nothing()
     )
+
+
+async def events_after_mark(conn: AsyncConnection) -> bool:
+    """Whether the timeline has events the alert step has not looked at (read without locks:
+    a quick "nothing to do" for the every-minute tick)."""
+    mark = (
+        await conn.execute(
+            select(sweep_state.c.alerted_event_id).where(sweep_state.c.id == SWEEP_STATE_ID)
+        )
+    ).scalar()
+    newest = (await conn.execute(select(func.max(events.c.id)))).scalar()
+    return newest is not None and newest > (mark or 0)
 
 
 async def take_alert_mark(conn: AsyncConnection) -> tuple[int, int]:
