@@ -812,13 +812,19 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
     insert_ignore = db.insert_ignore(outbox)
     batch = settings.sweep_batch
 
+    page = rq.EscalationPage(
+        postgres=not db.is_sqlite,
+        now=now,
+        windows=windows,
+        default_due=default_due,
+        batch=batch,
+    )
+
     async def escalate_page() -> bool:
         """One page; ``True`` when it came back full (there may be more)."""
         async with db.write() as conn:
             await rq.hold_alert_mark(conn)
-            moved = await rq.escalate_due(
-                conn, now=now, windows=windows, default_due=default_due, batch=batch
-            )
+            moved = await page.run(conn)
         report.batches += 1
         report.escalated += moved.count - moved.exhausted
         report.exhausted += moved.exhausted
