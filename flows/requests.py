@@ -812,13 +812,19 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
     insert_ignore = db.insert_ignore(outbox)
     batch = settings.sweep_batch
 
+    page = rq.EscalationPage(
+        postgres=not db.is_sqlite,
+        now=now,
+        windows=windows,
+        default_due=default_due,
+        batch=batch,
+    )
+
     async def escalate_page() -> bool:
         """One page; ``True`` when it came back full (there may be more)."""
         async with db.write() as conn:
             await rq.hold_alert_mark(conn)
-            moved = await rq.escalate_due(
-                conn, now=now, windows=windows, default_due=default_due, batch=batch
-            )
+            moved = await page.run(conn)
         report.batches += 1
         report.escalated += moved.count - moved.exhausted
         report.exhausted += moved.exhausted
@@ -830,9 +836,12 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
         while await escalate_page():
             pass
 
-    # Usually one page does it.  Otherwise pages claim their clocks with SKIP LOCKED, so on
-    # PostgreSQL several run at once without waiting on each other; SQLite has one writer.
-    if await escalate_page():
+    # Most ticks have nothing due: one index probe says so.  Usually one page does it.
+    # Otherwise pages claim their clocks with SKIP LOCKED, so on PostgreSQL several run at
+    # once without waiting on each other; SQLite has one writer.
+    async with db.read() as conn:
+        due = await rq.any_due(conn, now=now)
+    if due and await escalate_page():
         async with asyncio.TaskGroup() as workers:
             for _ in range(1 if db.is_sqlite else settings.sweep_workers):
                 workers.create_task(escalate_pages())
@@ -877,6 +886,9 @@ async def alert_escalations(db: Database, texts: Texts, config: Any) -> int:
     The state row's mark moves past the events in the same transaction as the alerts for
     them, which are keyed by the first event they cover: a retry, a restart or a second sweep
     cannot alert twice, and a run that died after its pages is alerted by the next run."""
+    async with db.read() as conn:
+        if not await rq.events_after_mark(conn):
+            return 0
     insert_ignore = db.insert_ignore(outbox)
     queued = 0
     while True:
