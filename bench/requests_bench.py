@@ -5,10 +5,12 @@
 run on the same table:
 
 * the deadline sweep with nothing due (the every-minute tick), with 10% due, and with every
-  request due at once (after an outage); goal: under 2 s on PostgreSQL, done in bulk;
+  request due at once (after an outage), with ``requests.sweep_workers`` pages at a time and
+  with one; goal: under 2 s on PostgreSQL, done in bulk;
 * the sweep with 25,000, 50,000 and 100,000 due, timed and with its Python memory peak traced
   (tracemalloc): flat means the peak does not grow with the number of requests escalated
-  (each page of ``requests.sweep_batch`` is set-based; Python sees one row per alert);
+  (each page of ``requests.sweep_batch`` is one statement returning one row; the alerts are
+  read back from the timeline a few rows per handler);
 * one street's overdue list (first page of 50 and the total); goal: under 50 ms.
 
 Usage: ``python bench/requests_bench.py [--sqlite] [--requests N]``.  PostgreSQL: the database
