@@ -415,33 +415,27 @@ async def edit(request: web.Request) -> web.StreamResponse:
 
 
 async def publish(request: web.Request) -> web.StreamResponse:
-    console, user = console_of(request), user_of(request)
-    cid = _id(request)
-    try:
-        async with console.db.write() as conn:
-            delivered = await rumors.publish_clarification(
-                conn,
-                console.db,
-                user.person,
-                cid,
-                settings=console.config,
-                texts=console.texts,
-                now=utcnow(),
-            )
-    except rumors.RumorRefused as refused:
-        await _refused(request, console, refused)
-        raise redirect(request, "rumor", id=str(cid)) from None
-    await _after_commit(console, delivered)
-    await _delivered_flash(request, "rumor_published", delivered)
-    raise redirect(request, "rumor", id=str(cid))
+    return await _change_status(
+        request, rumors.publish_clarification, "rumor_published", counts=True
+    )
 
 
 async def withdraw(request: web.Request) -> web.StreamResponse:
+    return await _change_status(
+        request, rumors.withdraw_clarification, "rumor_withdrawn", counts=False
+    )
+
+
+async def _change_status(
+    request: web.Request, change: Any, flash_key: str, *, counts: bool
+) -> web.StreamResponse:
+    """Publish or withdraw a clarification through the rumors service, then queue what it owes
+    people (after commit) and go back to the clarification's page."""
     console, user = console_of(request), user_of(request)
     cid = _id(request)
     try:
         async with console.db.write() as conn:
-            delivered = await rumors.withdraw_clarification(
+            delivered = await change(
                 conn,
                 console.db,
                 user.person,
@@ -454,7 +448,10 @@ async def withdraw(request: web.Request) -> web.StreamResponse:
         await _refused(request, console, refused)
         raise redirect(request, "rumor", id=str(cid)) from None
     await _after_commit(console, delivered)
-    await flash(request, "rumor_withdrawn", "ok")
+    if counts:  # the flash says how many people were told
+        await _delivered_flash(request, flash_key, delivered)
+    else:
+        await flash(request, flash_key, "ok")
     raise redirect(request, "rumor", id=str(cid))
 
 
