@@ -13,13 +13,25 @@ sentence a chat user reads.  Request bodies are JSON objects::
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
-from bot.api import CALLER, MAX_ID, Api, ApiError, Operation, _int_param, _json, _path, _query
+from bot.api import (
+    CALLER,
+    MAX_ID,
+    Api,
+    ApiError,
+    Handler,
+    Operation,
+    _int_param,
+    _json,
+    _path,
+    _query,
+    refusal_error,
+)
 from bot.config import Config
 from flows import notices
 from flows.notice_input import NoticeInputError, parse_send_time
@@ -29,7 +41,6 @@ from storage import repo
 from storage.db import Database
 from storage.models import utcnow
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 200
 _ID = _path("id", "Notice id")
 
@@ -108,12 +119,10 @@ class NoticesApi:
             "notice_recipients": self.recipients,
         }
 
-    def _refusal(self, refused: notices.NoticeRefused) -> ApiError:
-        message = self.texts.render(refused.template, **refused.values)
-        return ApiError(refused.http_status, refused.reason, message)
-
     def _bad_field(self, name: str, expected: str) -> ApiError:
-        return self._refusal(notices.NoticeRefused("bad_field", field=name, expected=expected))
+        return refusal_error(
+            self.texts, notices.NoticeRefused("bad_field", field=name, expected=expected)
+        )
 
     # -- handlers ----------------------------------------------------------------------------
 
@@ -134,7 +143,7 @@ class NoticesApi:
                 **fields,
             )
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         self.wake_delivery()
         async with self.db.read() as conn:
             notice = await store.get_notice(conn, created.notice_id)
@@ -166,7 +175,7 @@ class NoticesApi:
                     conn, person, _notice_id(request), via="api"
                 )
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         return _json(_notice_json(notice, receipt))
 
     async def edit(self, request: web.Request) -> web.Response:
@@ -187,7 +196,7 @@ class NoticesApi:
                 assert notice is not None
                 receipt = (await store.receipts(conn, [notice.id]))[notice.id]
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         return _json(_notice_json(notice, receipt))
 
     async def cancel(self, request: web.Request) -> web.Response:
@@ -201,7 +210,7 @@ class NoticesApi:
                 assert notice is not None
                 receipt = (await store.receipts(conn, [notice.id]))[notice.id]
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         return _json(_notice_json(notice, receipt))
 
     async def resend(self, request: web.Request) -> web.Response:
@@ -214,7 +223,7 @@ class NoticesApi:
                     conn, person, notice, texts=self.texts, settings=self.config, now=now
                 )
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         self.wake_delivery()
         return _json(
             {
@@ -264,14 +273,14 @@ class NoticesApi:
         try:
             notices.check_sender(person)
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
 
     async def _managed(self, conn: Any, person: repo.PersonInfo, request: web.Request) -> Any:
         self._sender(person)
         try:
             return await notices.find_managed(conn, person, notice_id=_notice_id(request))
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
 
     def _fields(self, body: dict[str, Any], now: datetime, defaults: Any) -> dict[str, Any]:
         """The create/edit body as ``notices.validate`` arguments; an edit starts from the

@@ -52,6 +52,7 @@ from flows import notices
 from flows.context import Context
 from flows.engine import Flow, Reask
 from flows.messages import Inbound
+from flows.refusals import Refused
 from flows.rumor_match import (
     MAX_MESSAGE_CHARS,
     Claim,
@@ -558,18 +559,10 @@ class RumorDesk(Flow):
 # -- managing clarifications -----------------------------------------------------------------
 
 
-class RumorRefused(Exception):
+class RumorRefused(Refused):
     """Bad input or a forbidden action: the template ``rumors/refused/<reason>`` says why."""
 
-    def __init__(self, reason: str, http_status: int = 400, **values: Any) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.http_status = http_status
-        self.values = values
-
-    @property
-    def template(self) -> str:
-        return f"rumors/refused/{self.reason}"
+    feature = "rumors"
 
 
 def check_manager(person: repo.PersonInfo | None) -> repo.PersonInfo:

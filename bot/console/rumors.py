@@ -18,8 +18,10 @@ from multidict import MultiMapping
 
 from bot.console.forms import (
     checked,
+    flash_refusal,
     local_input,
     parse_local,
+    refusal_page,
     refusal_text,
     region_choices,
     text_of,
@@ -30,6 +32,8 @@ from bot.console.site import (
     audit,
     console_of,
     flash,
+    keyset_links,
+    query_choice,
     query_int,
     redirect,
     render,
@@ -37,12 +41,11 @@ from bot.console.site import (
 )
 from flows import notices, rumors
 from storage import repo
-from storage.models import utcnow
+from storage.models import MAX_ID, utcnow
 from storage.rumor_models import MAX_CLAIM, ClarificationStatus, ReviewStatus, Verdict
 
 MANAGERS = tuple(rumors.MANAGER_ROLES)
 REPORTERS = tuple(rumors.REPORT_ROLES)
-MAX_ID = 2**63 - 1
 VERDICTS = tuple(v.value for v in Verdict)
 STATUSES = tuple(s.value for s in ClarificationStatus)
 REPORT_DAYS = (1, 3, 7, 14, 30)
@@ -167,14 +170,6 @@ def _id(request: web.Request) -> int:
     return value
 
 
-def _message(console: Console, refused: rumors.RumorRefused) -> str:
-    return refusal_text(console.texts, "rumors", refused.reason, refused.values)
-
-
-def _page_error(console: Console, refused: rumors.RumorRefused) -> PageError:
-    return PageError(refused.http_status, "refused", message=_message(console, refused))
-
-
 async def _after_commit(console: Console, delivered: rumors.Delivered) -> None:
     await rumors.queue_corrections(
         console.db, delivered, texts=console.texts, settings=console.config, now=utcnow()
@@ -197,9 +192,7 @@ async def _form_choices(conn: Any, person: repo.PersonInfo) -> dict[str, Any]:
 async def list_page(request: web.Request) -> web.Response:
     """Clarifications for everyone or for regions related to the user's scope."""
     console, user = console_of(request), user_of(request)
-    status = request.query.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise PageError(400, "bad_parameter", name="status")
+    status = query_choice(request, "status", STATUSES)
     before = query_int(request, "before", MAX_ID, 1, MAX_ID)
     size = console.settings.page_size
     try:
@@ -208,20 +201,14 @@ async def list_page(request: web.Request) -> web.Response:
                 conn, user.person, status=status, limit=size, before=before
             )
     except rumors.RumorRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     return await render(
         request,
         "console/rumors/list.html",
         rows=rows,
         status=status,
         statuses=STATUSES,
-        paged=before != MAX_ID,
-        first_query={"status": status} if status else None,
-        next_query=(
-            {"before": str(rows[-1].id), **({"status": status} if status else {})}
-            if len(rows) == size
-            else None
-        ),
+        **keyset_links("before", [r.id for r in rows], size, paged=before != MAX_ID, status=status),
     )
 
 
@@ -298,7 +285,7 @@ async def create(request: web.Request) -> web.StreamResponse:
             action="rumor_create",
             parts={},
             mode="create",
-            error=_message(console, refused),
+            error=refusal_text(console.texts, refused),
             error_field=refused.values.get("field"),
             status=refused.http_status,
         )
@@ -331,7 +318,7 @@ async def _clarification(
             }
             choices = await region_choices(conn, notices.sender_scopes(user.person))
     except rumors.RumorRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     row = record.row
     if row.scope_path is not None:  # a scoped clarification goes only to its own regions
         choices = [c for c in choices if c.region.path.startswith(row.scope_path)]
@@ -359,7 +346,7 @@ async def edit_page(request: web.Request) -> web.Response:
             row = await rumors.find_managed(conn, user.person, cid)
             region = await repo.get_region(conn, row.region_id) if row.region_id else None
     except rumors.RumorRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     form = ClarificationForm.from_row(row, region, console)
     return await _form_page(
         request,
@@ -397,14 +384,14 @@ async def edit(request: web.Request) -> web.StreamResponse:
             )
     except rumors.RumorRefused as refused:
         if row is None:  # not found, or not the user's to change
-            raise _page_error(console, refused) from None
+            raise refusal_page(console.texts, refused) from None
         return await _form_page(
             request,
             form,
             action="rumor_save",
             parts={"id": str(cid)},
             mode="edit",
-            error=_message(console, refused),
+            error=refusal_text(console.texts, refused),
             error_field=refused.values.get("field"),
             item=row,
             status=refused.http_status,
@@ -445,7 +432,7 @@ async def _change_status(
                 now=utcnow(),
             )
     except rumors.RumorRefused as refused:
-        await _refused(request, console, refused)
+        await flash_refusal(request, refused)
         raise redirect(request, "rumor", id=str(cid)) from None
     await _after_commit(console, delivered)
     if counts:  # the flash says how many people were told
@@ -477,11 +464,11 @@ async def push(request: web.Request) -> web.StreamResponse:
             )
     except rumors.RumorRefused as refused:
         if refused.http_status == 404:
-            raise _page_error(console, refused) from None
+            raise refusal_page(console.texts, refused) from None
         return await _clarification(
             request,
             push_form=form,
-            push_error=_message(console, refused),
+            push_error=refusal_text(console.texts, refused),
             status=refused.http_status,
         )
     await notices.queue_notice(
@@ -522,7 +509,7 @@ async def review_page(request: web.Request) -> web.Response:
                 conn, user.person, status=None, limit=ATTACH_CHOICES, before=None
             )
     except rumors.RumorRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     options = [o for o in options if o.status != ClarificationStatus.WITHDRAWN]
     options.sort(key=lambda o: (o.status != ClarificationStatus.PUBLISHED, -o.id))
     return await render(
@@ -555,7 +542,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
                 now=utcnow(),
             )
     except rumors.RumorRefused as refused:
-        await _refused(request, console, refused)
+        await flash_refusal(request, refused)
         raise redirect(request, "rumor_review") from None
     await _after_commit(console, delivered)
     await _delivered_flash(request, "rumor_attached", delivered)
@@ -569,7 +556,7 @@ async def dismiss(request: web.Request) -> web.StreamResponse:
         async with console.db.write() as conn:
             await rumors.dismiss_item(conn, user.person, item_id, now=utcnow())
     except rumors.RumorRefused as refused:
-        await _refused(request, console, refused)
+        await flash_refusal(request, refused)
         raise redirect(request, "rumor_review") from None
     await flash(request, "rumor_dismissed", "ok")
     raise redirect(request, "rumor_review")
@@ -590,10 +577,10 @@ async def _review_item(request: web.Request, item_id: int) -> Any:
                 target_id=item.id,
             )
     except rumors.RumorRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     if item.status != ReviewStatus.PENDING:
         closed = rumors.RumorRefused("item_closed", 409, status=item.status)
-        raise _page_error(console, closed)
+        raise refusal_page(console.texts, closed)
     return item
 
 
@@ -640,7 +627,7 @@ async def clarify(request: web.Request) -> web.StreamResponse:
             )
     except rumors.RumorRefused as refused:
         if refused.reason in ("item_not_found", "not_allowed"):
-            raise _page_error(console, refused) from None
+            raise refusal_page(console.texts, refused) from None
         async with console.db.read() as conn:
             item = await rumors.find_review_item(conn, user.person, item_id)
         return await _form_page(
@@ -650,7 +637,7 @@ async def clarify(request: web.Request) -> web.StreamResponse:
             parts={"id": str(item_id)},
             mode="clarify",
             item=item,
-            error=_message(console, refused),
+            error=refusal_text(console.texts, refused),
             error_field=refused.values.get("field"),
             status=refused.http_status,
         )
@@ -682,7 +669,7 @@ async def report_page(request: web.Request) -> web.Response:
             roots = repo.scope_roots(user.person.scope_regions(*REPORTERS))
             choices = await region_choices(conn, roots)
     except rumors.RumorRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     lines = (*result.unanswered, *result.answered)
     return await render(
         request,
@@ -709,11 +696,3 @@ async def _delivered_flash(request: web.Request, key: str, delivered: rumors.Del
         updated=delivered.updated,
         notices=len(delivered.notice_ids),
     )
-
-
-async def _refused(request: web.Request, console: Console, refused: rumors.RumorRefused) -> None:
-    """A refused action: its own page when the thing is not the user's to see or change
-    (403, 404); otherwise (it changed state meanwhile) back, with the reason on top."""
-    if refused.http_status in (403, 404):
-        raise _page_error(console, refused)
-    await flash(request, "refused", "warn", message=_message(console, refused))
