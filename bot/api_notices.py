@@ -146,9 +146,8 @@ class NoticesApi:
             raise refusal_error(self.texts, refused) from None
         self.wake_delivery()
         async with self.db.read() as conn:
-            notice = await store.get_notice(conn, created.notice_id)
-            receipt = (await store.receipts(conn, [created.notice_id]))[created.notice_id]
-        return _json(_notice_json(notice, receipt), status=201)
+            data = await _stored_notice_json(conn, created.notice_id)
+        return _json(data, status=201)
 
     async def list(self, request: web.Request) -> web.Response:
         person = request[CALLER]
@@ -192,12 +191,10 @@ class NoticesApi:
                 fields = self._fields(body, now, defaults=notice)
                 draft = await notices.validate(conn, person, now=now, **fields)
                 await notices.edit_notice(conn, person, notice, draft, now=now)
-                notice = await store.get_notice(conn, notice.id)
-                assert notice is not None
-                receipt = (await store.receipts(conn, [notice.id]))[notice.id]
+                data = await _stored_notice_json(conn, notice.id)
         except notices.NoticeRefused as refused:
             raise refusal_error(self.texts, refused) from None
-        return _json(_notice_json(notice, receipt))
+        return _json(data)
 
     async def cancel(self, request: web.Request) -> web.Response:
         person = request[CALLER]
@@ -206,12 +203,10 @@ class NoticesApi:
             async with self.db.write() as conn:
                 notice = await self._managed(conn, person, request)
                 await notices.cancel_notice(conn, person, notice, now=now)
-                notice = await store.get_notice(conn, notice.id)
-                assert notice is not None
-                receipt = (await store.receipts(conn, [notice.id]))[notice.id]
+                data = await _stored_notice_json(conn, notice.id)
         except notices.NoticeRefused as refused:
             raise refusal_error(self.texts, refused) from None
-        return _json(_notice_json(notice, receipt))
+        return _json(data)
 
     async def resend(self, request: web.Request) -> web.Response:
         person = request[CALLER]
@@ -357,6 +352,14 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "malformed_json", "body must be a JSON object")
     return body
+
+
+async def _stored_notice_json(conn: Any, notice_id: int) -> dict[str, Any]:
+    """The notice as stored now, with its receipts."""
+    notice = await store.get_notice(conn, notice_id)
+    assert notice is not None
+    receipt = (await store.receipts(conn, [notice_id]))[notice_id]
+    return _notice_json(notice, receipt)
 
 
 def _notice_json(notice: Any, receipt: store.Receipt) -> dict[str, Any]:

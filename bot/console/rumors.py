@@ -177,6 +177,14 @@ async def _after_commit(console: Console, delivered: rumors.Delivered) -> None:
     console.wake_delivery()
 
 
+def _default_region(person: repo.PersonInfo) -> str:
+    """The region a new clarification starts with: the user's one scope, unless they may
+    write for everyone or have several scopes (then "everyone" / nothing chosen)."""
+    roots = repo.scope_roots(person.scope_regions(*MANAGERS))
+    everyone = rumors.can_manage(person, None)
+    return "" if everyone or len(roots) != 1 else roots[0].code
+
+
 async def _form_choices(conn: Any, person: repo.PersonInfo) -> dict[str, Any]:
     """Regions a clarification may be scoped to, and whether "everyone" is offered."""
     roots = repo.scope_roots(person.scope_regions(*MANAGERS))
@@ -219,11 +227,11 @@ async def _form_page(
     action: str,
     parts: dict[str, str],
     mode: str,
-    error: str | None = None,
-    error_field: str | None = None,
     item: Any = None,
-    status: int = 200,
+    refused: rumors.RumorRefused | None = None,
 ) -> web.Response:
+    """The clarification form; ``refused``: shown again with the service's reason (and the
+    field it names marked), with the refusal's status."""
     console, user = console_of(request), user_of(request)
     async with console.db.read() as conn:
         choices = await _form_choices(conn, user.person)
@@ -234,20 +242,17 @@ async def _form_page(
         action=action,
         parts=parts,
         mode=mode,
-        error=error,
-        error_field=error_field,
+        error=refusal_text(console.texts, refused) if refused else None,
+        error_field=refused.values.get("field") if refused else None,
         item=item,
         verdicts=VERDICTS,
-        _status=status,
+        _status=refused.http_status if refused else 200,
         **choices,
     )
 
 
 async def new_page(request: web.Request) -> web.Response:
-    user = user_of(request)
-    roots = repo.scope_roots(user.person.scope_regions(*MANAGERS))
-    everyone = rumors.can_manage(user.person, None)
-    form = ClarificationForm(region="" if everyone or len(roots) != 1 else roots[0].code)
+    form = ClarificationForm(region=_default_region(user_of(request).person))
     return await _form_page(request, form, action="rumor_create", parts={}, mode="create")
 
 
@@ -285,9 +290,7 @@ async def create(request: web.Request) -> web.StreamResponse:
             action="rumor_create",
             parts={},
             mode="create",
-            error=refusal_text(console.texts, refused),
-            error_field=refused.values.get("field"),
-            status=refused.http_status,
+            refused=refused,
         )
     await _after_commit(console, delivered)
     await _delivered_flash(request, "rumor_published" if form.publish else "rumor_saved", delivered)
@@ -391,10 +394,8 @@ async def edit(request: web.Request) -> web.StreamResponse:
             action="rumor_save",
             parts={"id": str(cid)},
             mode="edit",
-            error=refusal_text(console.texts, refused),
-            error_field=refused.values.get("field"),
             item=row,
-            status=refused.http_status,
+            refused=refused,
         )
     await _after_commit(console, delivered)
     await _delivered_flash(request, "rumor_edited", delivered)
@@ -587,12 +588,9 @@ async def _review_item(request: web.Request, item_id: int) -> Any:
 async def clarify_page(request: web.Request) -> web.Response:
     """A new clarification for a review item, its claim taken from what residents asked."""
     item = await _review_item(request, _id(request))
-    user = user_of(request)
-    roots = repo.scope_roots(user.person.scope_regions(*MANAGERS))
-    everyone = rumors.can_manage(user.person, None)
     form = ClarificationForm(
         claim=item.sample[:MAX_CLAIM],
-        region="" if everyone or len(roots) != 1 else roots[0].code,
+        region=_default_region(user_of(request).person),
         publish=True,
     )
     return await _form_page(
@@ -637,9 +635,7 @@ async def clarify(request: web.Request) -> web.StreamResponse:
             parts={"id": str(item_id)},
             mode="clarify",
             item=item,
-            error=refusal_text(console.texts, refused),
-            error_field=refused.values.get("field"),
-            status=refused.http_status,
+            refused=refused,
         )
     await _after_commit(console, delivered)
     await _delivered_flash(request, "rumor_published" if form.publish else "rumor_saved", delivered)
