@@ -18,13 +18,14 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import insert, select
 
+from flows.refusals import Refused
+from flows.texts import Texts
 from storage import repo
 from storage.db import Database
-from storage.models import ApiToken, RegionLevel, Role, utcnow
+from storage.models import MAX_ID, ApiToken, RegionLevel, Role, utcnow
 
 PREFIX = "/api/v1"
 STAFF_ROLES = (Role.WARDEN, Role.DOCTOR, Role.ADMIN)
-MAX_ID = 2**63 - 1  # BIGINT ids
 tokens = ApiToken.__table__
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -378,6 +379,26 @@ async def scoped_region(conn: Any, person: repo.PersonInfo, code: str) -> repo.R
         raise ApiError(404, "unknown_region", f"no region with code {code!r}") from None
     except repo.OutOfScope:
         raise ApiError(403, "out_of_scope", f"region {code} is outside your scope") from None
+
+
+def refusal_error(texts: Texts, refused: Refused) -> ApiError:
+    """A service's refusal as an API error: the reason is the ``code``, the sentence a chat
+    user reads is the ``message``."""
+    message = texts.render(refused.template, **refused.values)
+    return ApiError(refused.http_status, refused.reason, message)
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; no body reads as ``{}``, anything else is a 400."""
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_body", "the body must be a JSON object")
+    return data
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

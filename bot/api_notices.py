@@ -13,13 +13,25 @@ sentence a chat user reads.  Request bodies are JSON objects::
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
-from bot.api import CALLER, MAX_ID, Api, ApiError, Operation, _int_param, _json, _path, _query
+from bot.api import (
+    CALLER,
+    MAX_ID,
+    Api,
+    ApiError,
+    Handler,
+    Operation,
+    _int_param,
+    _json,
+    _path,
+    _query,
+    refusal_error,
+)
 from bot.config import Config
 from flows import notices
 from flows.notice_input import NoticeInputError, parse_send_time
@@ -29,7 +41,6 @@ from storage import repo
 from storage.db import Database
 from storage.models import utcnow
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 200
 _ID = _path("id", "Notice id")
 
@@ -108,12 +119,10 @@ class NoticesApi:
             "notice_recipients": self.recipients,
         }
 
-    def _refusal(self, refused: notices.NoticeRefused) -> ApiError:
-        message = self.texts.render(refused.template, **refused.values)
-        return ApiError(refused.http_status, refused.reason, message)
-
     def _bad_field(self, name: str, expected: str) -> ApiError:
-        return self._refusal(notices.NoticeRefused("bad_field", field=name, expected=expected))
+        return refusal_error(
+            self.texts, notices.NoticeRefused("bad_field", field=name, expected=expected)
+        )
 
     # -- handlers ----------------------------------------------------------------------------
 
@@ -134,12 +143,11 @@ class NoticesApi:
                 **fields,
             )
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         self.wake_delivery()
         async with self.db.read() as conn:
-            notice = await store.get_notice(conn, created.notice_id)
-            receipt = (await store.receipts(conn, [created.notice_id]))[created.notice_id]
-        return _json(_notice_json(notice, receipt), status=201)
+            data = await _stored_notice_json(conn, created.notice_id)
+        return _json(data, status=201)
 
     async def list(self, request: web.Request) -> web.Response:
         person = request[CALLER]
@@ -166,7 +174,7 @@ class NoticesApi:
                     conn, person, _notice_id(request), via="api"
                 )
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         return _json(_notice_json(notice, receipt))
 
     async def edit(self, request: web.Request) -> web.Response:
@@ -183,12 +191,10 @@ class NoticesApi:
                 fields = self._fields(body, now, defaults=notice)
                 draft = await notices.validate(conn, person, now=now, **fields)
                 await notices.edit_notice(conn, person, notice, draft, now=now)
-                notice = await store.get_notice(conn, notice.id)
-                assert notice is not None
-                receipt = (await store.receipts(conn, [notice.id]))[notice.id]
+                data = await _stored_notice_json(conn, notice.id)
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
-        return _json(_notice_json(notice, receipt))
+            raise refusal_error(self.texts, refused) from None
+        return _json(data)
 
     async def cancel(self, request: web.Request) -> web.Response:
         person = request[CALLER]
@@ -197,12 +203,10 @@ class NoticesApi:
             async with self.db.write() as conn:
                 notice = await self._managed(conn, person, request)
                 await notices.cancel_notice(conn, person, notice, now=now)
-                notice = await store.get_notice(conn, notice.id)
-                assert notice is not None
-                receipt = (await store.receipts(conn, [notice.id]))[notice.id]
+                data = await _stored_notice_json(conn, notice.id)
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
-        return _json(_notice_json(notice, receipt))
+            raise refusal_error(self.texts, refused) from None
+        return _json(data)
 
     async def resend(self, request: web.Request) -> web.Response:
         person = request[CALLER]
@@ -214,7 +218,7 @@ class NoticesApi:
                     conn, person, notice, texts=self.texts, settings=self.config, now=now
                 )
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         self.wake_delivery()
         return _json(
             {
@@ -264,14 +268,14 @@ class NoticesApi:
         try:
             notices.check_sender(person)
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
 
     async def _managed(self, conn: Any, person: repo.PersonInfo, request: web.Request) -> Any:
         self._sender(person)
         try:
             return await notices.find_managed(conn, person, notice_id=_notice_id(request))
         except notices.NoticeRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
 
     def _fields(self, body: dict[str, Any], now: datetime, defaults: Any) -> dict[str, Any]:
         """The create/edit body as ``notices.validate`` arguments; an edit starts from the
@@ -348,6 +352,14 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "malformed_json", "body must be a JSON object")
     return body
+
+
+async def _stored_notice_json(conn: Any, notice_id: int) -> dict[str, Any]:
+    """The notice as stored now, with its receipts."""
+    notice = await store.get_notice(conn, notice_id)
+    assert notice is not None
+    receipt = (await store.receipts(conn, [notice_id]))[notice_id]
+    return _notice_json(notice, receipt)
 
 
 def _notice_json(notice: Any, receipt: store.Receipt) -> dict[str, Any]:

@@ -19,8 +19,7 @@ from ``start_day`` covers the days up to ``release_day`` (= start + N), when it 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -38,6 +37,7 @@ from bot.api import (
     _json,
     _path,
     _query,
+    json_body,
     scoped_region,
 )
 from bot.config import Config
@@ -49,7 +49,6 @@ from storage import repo
 from storage.db import Database
 from storage.models import utcnow
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 500
 
 OPERATIONS = [
@@ -159,7 +158,7 @@ class QuarantineApi:
 
     async def start(self, request: web.Request) -> web.Response:
         person = request[CALLER]
-        body = await _body(request)
+        body = await json_body(request)
         unknown = set(body) - {"person", "kind", "start", "days", "reason", "household"}
         if unknown:
             raise ApiError(400, "bad_body", f"unknown fields: {sorted(unknown)}")
@@ -227,7 +226,7 @@ class QuarantineApi:
         raw = request.match_info["id"]
         if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_ID:
             raise ApiError(400, "bad_parameter", "id must be a positive integer")
-        body = await _body(request)
+        body = await json_body(request)
         unknown = set(body) - {"reason"}
         if unknown:
             raise ApiError(400, "bad_body", f"unknown fields: {sorted(unknown)}")
@@ -255,18 +254,6 @@ class QuarantineApi:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_body", "the body must be a JSON object")
-    return data
 
 
 def _id_field(body: dict[str, Any], name: str) -> int:

@@ -8,14 +8,24 @@ one; a refusal becomes a 4xx with the same reason a chat user reads.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
-from bot.api import CALLER, ApiError, Operation, _json, _path, _query, scoped_region
+from bot.api import (
+    CALLER,
+    MAX_ID,
+    ApiError,
+    Handler,
+    Operation,
+    _json,
+    _path,
+    _query,
+    json_body,
+    scoped_region,
+)
 from bot.config import Config
 from flows.requests import Desk, RequestDenied, normalize_number, queue_notices
 from flows.texts import Texts
@@ -28,7 +38,6 @@ from storage.requests_models import RequestStatus
 
 STAFF = (Role.WARDEN, Role.ADMIN)
 MAX_LIMIT = 200
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _NUMBER = _path("number", "Request number, e.g. Q20261128-0042")
 OPERATIONS = [
@@ -152,7 +161,7 @@ class RequestsApi:
         person = request[CALLER]
         limit = _int(request, "limit", 50, 1, MAX_LIMIT)
         before = request.query.get("before")
-        before_id = _int(request, "before", 0, 1, 2**63 - 1) if before is not None else None
+        before_id = _int(request, "before", 0, 1, MAX_ID) if before is not None else None
         statuses = [s for s in request.query.get("status", "").split(",") if s]
         known = {s.value for s in RequestStatus}
         if any(s not in known for s in statuses):
@@ -235,7 +244,7 @@ class RequestsApi:
         action: Callable[[Desk, repo.PersonInfo, str, dict[str, Any]], Awaitable[Any]],
     ) -> web.Response:
         number = _number(request)
-        body = await _body(request)
+        body = await json_body(request)
         async with self.db.write() as conn:
             desk = self._desk(conn)
             try:
@@ -285,18 +294,6 @@ def _number(request: web.Request) -> str:
     if parsed is None or parsed[1]:
         raise ApiError(400, "bad_parameter", "number must look like Q20261128-0042")
     return parsed[0]
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_body", "the body must be a JSON object")
-    return data
 
 
 def _text(body: dict[str, Any], name: str, *, required: bool = True) -> str:

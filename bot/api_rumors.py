@@ -18,12 +18,24 @@ An edit (``PATCH``) takes any of these plus ``"notify": false`` to correct silen
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from bot.api import CALLER, MAX_ID, Api, ApiError, Operation, _int_param, _json, _path, _query
+from bot.api import (
+    CALLER,
+    MAX_ID,
+    Api,
+    ApiError,
+    Handler,
+    Operation,
+    _int_param,
+    _json,
+    _path,
+    _query,
+    refusal_error,
+)
 from bot.config import Config
 from flows import notices, rumors
 from flows.texts import Texts
@@ -33,7 +45,6 @@ from storage.db import Database
 from storage.models import utcnow
 from storage.rumor_models import ClarificationStatus, ReviewStatus
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 200
 _ID = _path("id", "Clarification id")
 _ITEM = _path("id", "Review item id")
@@ -170,10 +181,6 @@ class RumorsApi:
             "rumor_report": self.report,
         }
 
-    def _refusal(self, refused: rumors.RumorRefused) -> ApiError:
-        message = self.texts.render(refused.template, **refused.values)
-        return ApiError(refused.http_status, refused.reason, message)
-
     async def _after_commit(self, delivered: rumors.Delivered) -> None:
         await rumors.queue_corrections(
             self.db, delivered, texts=self.texts, settings=self.config, now=utcnow()
@@ -193,19 +200,20 @@ class RumorsApi:
                 row = await store.get_clarification(conn, cid)
                 data = await _clarification_json(conn, row)
         except rumors.RumorRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         return _json(data, status=201)
 
     async def list(self, request: web.Request) -> web.Response:
         person = request[CALLER]
         status = request.query.get("status")
         if status is not None and status not in {s.value for s in ClarificationStatus}:
-            raise self._refusal(
+            raise refusal_error(
+                self.texts,
                 rumors.RumorRefused(
                     "bad_field",
                     field="status",
                     expected="、".join(s.value for s in ClarificationStatus),
-                )
+                ),
             )
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
         before = _int_param(request, "before", MAX_ID, 1, MAX_ID)
@@ -216,7 +224,7 @@ class RumorsApi:
                 )
                 items = [await _clarification_json(conn, row) for row in rows]
         except rumors.RumorRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         next_before = items[-1]["id"] if len(items) == limit else None
         return _json({"clarifications": items, "next_before": next_before})
 
@@ -227,7 +235,7 @@ class RumorsApi:
             async with self.db.read() as conn:
                 record = await rumors.read_clarification(conn, person, cid)
         except rumors.RumorRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         data = _record_json(record.row, record.region)
         data["history"] = [
             {
@@ -275,7 +283,7 @@ class RumorsApi:
                 )
                 data = await _clarification_json(conn, await store.get_clarification(conn, cid))
         except rumors.RumorRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         await self._after_commit(delivered)
         return _json({**data, "delivered": _delivered_json(delivered)})
 
@@ -290,7 +298,7 @@ class RumorsApi:
                 )
                 data = await _clarification_json(conn, await store.get_clarification(conn, cid))
         except rumors.RumorRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         await self._after_commit(delivered)
         return _json({**data, "delivered": _delivered_json(delivered)})
 
@@ -310,7 +318,7 @@ class RumorsApi:
                 )
                 data = await _clarification_json(conn, await store.get_clarification(conn, cid))
         except rumors.RumorRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         await self._after_commit(delivered)
         told = {"withdrawn": delivered.withdrawn, "withdrawal_notices": delivered.notice_ids}
         return _json({**data, "delivered": told})
@@ -325,18 +333,19 @@ class RumorsApi:
             or not regions
             or not all(isinstance(code, str) and code for code in regions)
         ):
-            raise self._refusal(
-                rumors.RumorRefused("bad_field", field="regions", expected="地区编码的列表")
+            raise refusal_error(
+                self.texts,
+                rumors.RumorRefused("bad_field", field="regions", expected="地区编码的列表"),
             )
         flags = {}
         for name, default in (("groups", True), ("individuals", True), ("urgent", False)):
             value = body.get(name, default)
             if not isinstance(value, bool):
-                raise self._refusal(rumors.RumorRefused("bad_flag", field=name))
+                raise refusal_error(self.texts, rumors.RumorRefused("bad_flag", field=name))
             flags[name] = value
         unknown = sorted(set(body) - {"regions", *flags})
         if unknown:
-            raise self._refusal(rumors.RumorRefused("unknown_field", field=unknown[0]))
+            raise refusal_error(self.texts, rumors.RumorRefused("unknown_field", field=unknown[0]))
         now = utcnow()
         try:
             async with self.db.write() as conn:
@@ -351,7 +360,7 @@ class RumorsApi:
                     **flags,
                 )
         except rumors.RumorRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         await notices.queue_notice(
             self.db, created.notice_id, texts=self.texts, settings=self.config, now=now
         )
@@ -373,10 +382,11 @@ class RumorsApi:
         person = request[CALLER]
         status = request.query.get("status", ReviewStatus.PENDING.value)
         if status not in {s.value for s in ReviewStatus}:
-            raise self._refusal(
+            raise refusal_error(
+                self.texts,
                 rumors.RumorRefused(
                     "bad_field", field="status", expected="、".join(s.value for s in ReviewStatus)
-                )
+                ),
             )
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
         offset = _int_param(request, "offset", 0, 0, 100_000)
@@ -386,7 +396,7 @@ class RumorsApi:
                     conn, person, status=status, limit=limit, offset=offset, via="api"
                 )
         except rumors.RumorRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         return _json(
             {
                 "items": [
@@ -411,8 +421,9 @@ class RumorsApi:
         body = await self._body(request)
         cid = body.get("clarification_id")
         if not isinstance(cid, int) or isinstance(cid, bool) or not 0 < cid <= MAX_ID:
-            raise self._refusal(
-                rumors.RumorRefused("bad_field", field="clarification_id", expected="辟谣信息编号")
+            raise refusal_error(
+                self.texts,
+                rumors.RumorRefused("bad_field", field="clarification_id", expected="辟谣信息编号"),
             )
         try:
             async with self.db.write() as conn:
@@ -427,7 +438,7 @@ class RumorsApi:
                     now=utcnow(),
                 )
         except rumors.RumorRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         await self._after_commit(delivered)
         return _json(
             {"item_id": item_id, "clarification_id": cid, "delivered": _delivered_json(delivered)}
@@ -451,7 +462,7 @@ class RumorsApi:
                 )
                 data = await _clarification_json(conn, await store.get_clarification(conn, cid))
         except rumors.RumorRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         await self._after_commit(delivered)
         return _json({**data, "delivered": _delivered_json(delivered)}, status=201)
 
@@ -462,7 +473,7 @@ class RumorsApi:
             async with self.db.write() as conn:
                 await rumors.dismiss_item(conn, person, item_id, now=utcnow())
         except rumors.RumorRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         return _json({"item_id": item_id, "status": ReviewStatus.DISMISSED.value})
 
     # -- report ------------------------------------------------------------------------------
@@ -479,7 +490,7 @@ class RumorsApi:
                     conn, person, region_code=code, days=days, limit=limit, now=utcnow(), via="api"
                 )
         except rumors.RumorRefused as refused:
-            raise self._refusal(refused) from None
+            raise refusal_error(self.texts, refused) from None
         return _json(
             {
                 "region": root.code if root else None,
@@ -497,7 +508,7 @@ class RumorsApi:
         except (json.JSONDecodeError, UnicodeDecodeError):
             body = None
         if not isinstance(body, dict):
-            raise self._refusal(rumors.RumorRefused("bad_body"))
+            raise refusal_error(self.texts, rumors.RumorRefused("bad_body"))
         return body
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from bot.api import Api
@@ -39,6 +40,7 @@ from bot.errors import ErrorReporter
 from bot.jobs import foundation_jobs
 from bot.notices_jobs import notices_jobs
 from bot.posters import GridQrCodes
+from bot.proxies import client_address_middleware
 from bot.requests_jobs import requests_jobs
 from bot.scheduler import JobRuntime, JobSpec, Scheduler
 from flows.engine import FlowEngine
@@ -174,7 +176,10 @@ async def create_app(config: Config, *, run_workers: bool = True) -> web.Applica
     """The aiohttp application.  ``run_workers=False`` leaves delivery and the scheduler off
     (tests drive them by hand)."""
     rt = await build_runtime(config)
-    app = web.Application(middlewares=[rt.api.middleware], client_max_size=1024**2)
+    middlewares: list[Middleware] = [rt.api.middleware]
+    if config.server.trusted_proxies:
+        middlewares.insert(0, client_address_middleware(config.server.trusted_proxies))
+    app = web.Application(middlewares=middlewares, client_max_size=1024**2)
     app[RUNTIME] = rt
     for channel in rt.channels.values():
         app.add_routes(channel.routes())

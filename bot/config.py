@@ -10,6 +10,7 @@ import base64
 import binascii
 import os
 import re
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -37,6 +38,23 @@ class ServerConfig(_Section):
     port: int = Field(8080, ge=1, le=65535)
     public_url: str = ""
     """Base URL residents and gateways reach; used for links in messages."""
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    """Reverse proxies (addresses or CIDR networks) whose ``X-Forwarded-For`` is believed: the
+    client address is then the rightmost hop that is not one of them (``bot.proxies``).  Empty:
+    the peer address is the client, whatever the headers say."""
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> tuple[IPv4Network | IPv6Network, ...]:
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be a list of IP addresses or networks, e.g. [10.0.0.0/8]")
+        networks = []
+        for item in value:
+            try:
+                networks.append(ip_network(str(item)))
+            except ValueError as exc:  # "'x' does not appear to be ...", "... has host bits set"
+                raise ValueError(str(exc)) from None
+        return tuple(networks)
 
 
 class DatabaseConfig(_Section):

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from flows.notice_input import NoticeInputError
+from flows.refusals import Refused
 from flows.texts import Texts
 from storage import notices as store
 from storage import repo
@@ -140,21 +141,13 @@ def text_plan(text: str, limits: dict[str, Limit], texts: Texts) -> TextPlan:
 # -- refusals ------------------------------------------------------------------------------
 
 
-class NoticeRefused(Exception):
+class NoticeRefused(Refused):
     """Bad input or a forbidden action: the template ``notices/refused/<reason>`` says why.
 
     ``http_status`` is what the API answers with.
     """
 
-    def __init__(self, reason: str, http_status: int = 400, **values: Any) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.http_status = http_status
-        self.values = values
-
-    @property
-    def template(self) -> str:
-        return f"notices/refused/{self.reason}"
+    feature = "notices"
 
     @classmethod
     def from_input(cls, error: NoticeInputError) -> NoticeRefused:

@@ -52,6 +52,7 @@ from flows import notices
 from flows.context import Context
 from flows.engine import Flow, Reask
 from flows.messages import Inbound
+from flows.refusals import Refused
 from flows.rumor_match import (
     MAX_MESSAGE_CHARS,
     Claim,
@@ -558,18 +559,10 @@ class RumorDesk(Flow):
 # -- managing clarifications -----------------------------------------------------------------
 
 
-class RumorRefused(Exception):
+class RumorRefused(Refused):
     """Bad input or a forbidden action: the template ``rumors/refused/<reason>`` says why."""
 
-    def __init__(self, reason: str, http_status: int = 400, **values: Any) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.http_status = http_status
-        self.values = values
-
-    @property
-    def template(self) -> str:
-        return f"rumors/refused/{self.reason}"
+    feature = "rumors"
 
 
 def check_manager(person: repo.PersonInfo | None) -> repo.PersonInfo:
@@ -919,20 +912,8 @@ async def withdraw_clarification(
     while ids := await store.recipients(
         conn, row.id, after=after, limit=settings.rumors.notify_page_size
     ):
-        targets = await store.current_targets(conn, ids)
-        rows = [
-            outbox_row(
-                key=f"rumor:{row.id}:withdrawn:{stamp}:{pid}",
-                target=target,
-                payload={"text": text},
-                person_id=pid,
-                ref_type=REF_TYPE,
-                ref_id=row.id,
-            )
-            for pid, target in targets.items()
-        ]
-        await enqueue(conn, rows, insert)
-        delivered.withdrawn += len(rows)
+        queued = await _queue_text(conn, insert, row, ids, text, f"withdrawn:{stamp}")
+        delivered.withdrawn += len(queued)
         after = ids[-1]
     delivered.notice_ids = await _notice_pushed_audiences(
         conn,
@@ -972,29 +953,17 @@ async def deliver_current(
     insert = db.insert_ignore(store.outbox)
 
     async def send(person_ids: list[int], text: str, kind: str) -> int:
-        targets = await store.current_targets(conn, person_ids)
-        rows = [
-            outbox_row(
-                key=f"rumor:{row.id}:v{row.version}:{pid}",
-                target=target,
-                payload={"text": text},
-                person_id=pid,
-                ref_type=REF_TYPE,
-                ref_id=row.id,
-            )
-            for pid, target in targets.items()
-        ]
-        await enqueue(conn, rows, insert)
+        queued = await _queue_text(conn, insert, row, person_ids, text, f"v{row.version}")
         await store.record_delivery(
             conn,
             db,
             clarification_id=row.id,
-            person_ids=list(targets),
+            person_ids=queued,
             version=row.version,
             kind=kind,
             now=now,
         )
-        return len(rows)
+        return len(queued)
 
     after = 0
     while ids := await store.askers_to_notify(
@@ -1012,6 +981,27 @@ async def deliver_current(
         conn, row, editor=editor, text=update_text, settings=settings, now=now
     )
     return delivered
+
+
+async def _queue_text(
+    conn: AsyncConnection, insert: Any, row: Any, person_ids: list[int], text: str, what: str
+) -> list[int]:
+    """Queue ``text`` about clarification ``row`` to each of ``person_ids`` who can be reached
+    (key ``rumor:<id>:<what>:<person>``); returns those queued."""
+    targets = await store.current_targets(conn, person_ids)
+    rows = [
+        outbox_row(
+            key=f"rumor:{row.id}:{what}:{pid}",
+            target=target,
+            payload={"text": text},
+            person_id=pid,
+            ref_type=REF_TYPE,
+            ref_id=row.id,
+        )
+        for pid, target in targets.items()
+    ]
+    await enqueue(conn, rows, insert)
+    return list(targets)
 
 
 async def _push_corrections(

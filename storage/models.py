@@ -37,6 +37,8 @@ NAMING = {
 
 # Integer primary keys: BIGINT on PostgreSQL, INTEGER (rowid alias) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+MAX_ID = 2**63 - 1
+"""The largest id a ``BigId`` column holds: the bound of every id taken from a request."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):

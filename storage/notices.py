@@ -51,6 +51,7 @@ from storage.models import (
     UTCDateTime,
 )
 from storage.notices_models import REF_EXTRA, REF_TARGET, Notice, NoticeAck, NoticeStatus
+from storage.outbox import OUTBOX_COLUMNS
 
 notices = Notice.__table__
 acks = NoticeAck.__table__
@@ -62,22 +63,6 @@ groups = ChatGroup.__table__
 roles = PersonRole.__table__
 quarantines = Quarantine.__table__
 
-OUTBOX_COLUMNS = (
-    "key",
-    "channel",
-    "target_kind",
-    "target",
-    "rate_key",
-    "person_id",
-    "group_id",
-    "payload",
-    "status",
-    "attempts",
-    "next_attempt_at",
-    "ref_type",
-    "ref_id",
-    "created_at",
-)
 STATUS_FILTERS = ("quarantined", "quarantined_households")
 FINAL = (OutboxStatus.SENT, OutboxStatus.FAILED, OutboxStatus.DEAD)
 

@@ -34,6 +34,23 @@ identities = Identity.__table__
 groups = ChatGroup.__table__
 people = Person.__table__
 KEY_LENGTH = 200  # outbox.key
+OUTBOX_COLUMNS = (
+    "key",
+    "channel",
+    "target_kind",
+    "target",
+    "rate_key",
+    "person_id",
+    "group_id",
+    "payload",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "ref_type",
+    "ref_id",
+    "created_at",
+)
+"""The columns an ``INSERT INTO outbox ... SELECT`` fills, in order (the rest have defaults)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,27 +363,7 @@ async def split_row(
             literal(now, UTCDateTime()),
         ).where(outbox.c.id == message.id)
         await conn.execute(
-            dialect.insert(outbox)
-            .from_select(
-                [
-                    "key",
-                    "channel",
-                    "target_kind",
-                    "target",
-                    "rate_key",
-                    "person_id",
-                    "group_id",
-                    "payload",
-                    "status",
-                    "attempts",
-                    "next_attempt_at",
-                    "ref_type",
-                    "ref_id",
-                    "created_at",
-                ],
-                copy,
-            )
-            .on_conflict_do_nothing()
+            dialect.insert(outbox).from_select(list(OUTBOX_COLUMNS), copy).on_conflict_do_nothing()
         )
 
 

@@ -279,17 +279,19 @@ _PERSON_QUERY = select(
 
 # Built once: constructing a statement like this costs more than running it.
 _SCOPE = regions.alias("scope")
+_ROLE_COLUMNS = (
+    roles.c.role,
+    _SCOPE.c.id.label("scope_id"),
+    _SCOPE.c.code.label("scope_code"),
+    _SCOPE.c.name.label("scope_name"),
+    _SCOPE.c.level.label("scope_level"),
+    _SCOPE.c.parent_id.label("scope_parent_id"),
+    _SCOPE.c.path.label("scope_path"),
+)
+"""Each role of the person and the region it is held over, as ``_found_person`` reads them."""
 _IDENTIFY = (
     _PERSON_QUERY.add_columns(
-        identities.c.id.label("identity_id"),
-        identities.c.last_seen_at,
-        roles.c.role,
-        _SCOPE.c.id.label("scope_id"),
-        _SCOPE.c.code.label("scope_code"),
-        _SCOPE.c.name.label("scope_name"),
-        _SCOPE.c.level.label("scope_level"),
-        _SCOPE.c.parent_id.label("scope_parent_id"),
-        _SCOPE.c.path.label("scope_path"),
+        identities.c.id.label("identity_id"), identities.c.last_seen_at, *_ROLE_COLUMNS
     )
     .join(identities, identities.c.person_id == people.c.id)
     .outerjoin(roles, roles.c.person_id == people.c.id)
@@ -323,13 +325,7 @@ _PEOPLE_BY_IDENTITIES = {
         *_PERSON_QUERY.selected_columns,
         _IDENTITY.c.id.label("identity_id"),
         _IDENTITY.c.last_seen_at,
-        roles.c.role,
-        _SCOPE.c.id.label("scope_id"),
-        _SCOPE.c.code.label("scope_code"),
-        _SCOPE.c.name.label("scope_name"),
-        _SCOPE.c.level.label("scope_level"),
-        _SCOPE.c.parent_id.label("scope_parent_id"),
-        _SCOPE.c.path.label("scope_path"),
+        *_ROLE_COLUMNS,
         _IDENTITY.c.external_id,
     )
     .select_from(

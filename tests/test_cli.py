@@ -280,6 +280,7 @@ async def test_token_create_prints_a_token_that_works(seeded, start_app, capsys)
         ({"channels": {"bridge": {"secert": "x"}}}, "channels.bridge.secert"),
         ({"channels": {"bridge": {"enabled": True}}}, "channels.bridge.secret"),
         ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"server": {"trusted_proxies": ["10.0.0.0/33"]}}, "server.trusted_proxies"),
     ],
 )
 def test_bad_config_exits_2_with_one_line_naming_the_key(tmp_path, capsys, content, key):

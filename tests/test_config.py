@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,33 @@ def test_enabled_channel_without_its_secret_is_named(channel, settings, missing)
     # The same section, disabled, is fine: a secret is only needed to run the channel.
     disabled = parse_config({"channels": {channel: {**settings, "enabled": False}}})
     assert getattr(disabled.channels, channel).enabled is False
+
+
+@pytest.mark.parametrize(
+    ("proxies", "shown"),
+    [
+        (["10.0.0.0/33"], "10.0.0.0/33"),
+        (["10.0.0.1/8"], "has host bits set"),
+        (["127.0.0.1", "nginx"], "'nginx'"),
+        (["fe80::/10", "2001:db8::1/129"], "2001:db8::1/129"),
+        ("10.0.0.0/8", "must be a list"),
+        ([8], "'8'"),
+    ],
+)
+def test_bad_trusted_proxy_is_refused_naming_the_key(proxies, shown):
+    message = error_of({"server": {"trusted_proxies": proxies}})
+    assert message.startswith("server.trusted_proxies: ")
+    assert shown in message
+
+
+def test_trusted_proxies_are_networks_and_none_by_default():
+    assert parse_config({}).server.trusted_proxies == ()
+    config = parse_config({"server": {"trusted_proxies": ["10.0.0.0/8", "127.0.0.1", "::1"]}})
+    assert config.server.trusted_proxies == (
+        IPv4Network("10.0.0.0/8"),
+        IPv4Network("127.0.0.1/32"),
+        IPv6Network("::1/128"),
+    )
 
 
 def test_enabled_channels_with_secrets_load():

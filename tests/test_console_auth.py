@@ -264,3 +264,88 @@ async def test_passwords_are_stored_as_argon2_hashes(db, demo):
         count = (await conn.execute(select(func.count()).select_from(credentials))).scalar_one()
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
     assert count == 1
+
+
+async def login_from(client, phone, forwarded_for, password=PASSWORD):
+    """The login form submitted with an ``X-Forwarded-For`` header, as through a proxy."""
+    page = await client.get("/console/login")
+    return await client.post(
+        "/console/login",
+        data={"account": phone, "password": password, "csrf_token": csrf_of(await page.text())},
+        headers={"X-Forwarded-For": forwarded_for},
+        allow_redirects=False,
+    )
+
+
+async def attempt_addresses(db) -> list[str]:
+    async with db.read() as conn:
+        return [r.address for r in await conn.execute(select(attempts).order_by(attempts.c.id))]
+
+
+def behind_proxies(make_config, *proxies):
+    # The test client connects from 127.0.0.1: listing it makes the client a trusted proxy.
+    return make_config(
+        server={"trusted_proxies": list(proxies)},
+        console={
+            "session_key": SESSION_KEY,
+            "max_failures_per_address": 3,
+            "max_failures_per_account": 10,
+        },
+    )
+
+
+async def test_behind_a_trusted_proxy_failures_count_per_forwarded_client(
+    db, demo, start_app, make_config
+):
+    client, _ = await start_app(behind_proxies(make_config, "127.0.0.1"))
+    phone = await give_password(db, demo.admin_id)
+    for n in range(3):
+        response = await login_from(client, f"1390000000{n}", "203.0.113.5", "guessing-123")
+        assert response.status == 401
+    assert (await login_from(client, phone, "203.0.113.5")).status == 429
+    # Everyone else behind the same proxy still gets in: the proxy's address is not the key.
+    assert (await login_from(client, phone, "198.51.100.7")).status == 302
+    assert await attempt_addresses(db) == ["203.0.113.5"] * 3 + ["198.51.100.7"]
+    async with db.read() as conn:
+        details = [
+            r.detail
+            for r in await conn.execute(
+                select(audit.c.detail)
+                .where(audit.c.action.like("console.login%"))
+                .order_by(audit.c.id)
+            )
+        ]
+    assert [d["address"] for d in details] == ["203.0.113.5"] * 4 + ["198.51.100.7"]
+
+
+async def test_behind_several_trusted_proxies_the_rightmost_untrusted_hop_is_the_client(
+    db, demo, start_app, make_config
+):
+    client, _ = await start_app(behind_proxies(make_config, "127.0.0.1", "10.0.0.0/8"))
+    # A client wrote its own 6.6.6.6 and 10.9.9.9; the load balancer saw 203.0.113.5 and
+    # nginx (10.0.0.2) added the load balancer's address before passing it on.
+    for n in range(3):
+        response = await login_from(
+            client, f"1390000000{n}", f"6.6.6.{n}, 10.9.9.9, 203.0.113.5, 10.0.0.2", "guess-1234"
+        )
+        assert response.status == 401
+    assert await attempt_addresses(db) == ["203.0.113.5"] * 3
+    limited = await login_from(client, "13900000009", "1.1.1.1, 203.0.113.5, 10.0.0.2")
+    assert limited.status == 429
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(db, demo, start_app, make_config):
+    # Proxies are trusted elsewhere (10.0.0.0/8) but not the peer (127.0.0.1): a client that
+    # reaches the app directly cannot pick a fresh address per attempt.
+    for proxies in ((), ("10.0.0.0/8",)):
+        client, _ = await start_app(behind_proxies(make_config, *proxies))
+        phone = await give_password(db, demo.admin_id)
+        for n in range(3):
+            response = await login_from(
+                client, f"1390000000{n}", f"203.0.113.{n}, 10.0.0.2", "guessing-123"
+            )
+            assert response.status == 401
+        assert (await login_from(client, phone, "198.51.100.7")).status == 429
+        assert set(await attempt_addresses(db)) == {"127.0.0.1"}
+        async with db.write() as conn:
+            await conn.execute(attempts.delete())

@@ -1,10 +1,12 @@
 """Login and logout.
 
 Login takes a phone number and a password.  Failed attempts are rows in the database, counted
-over ``console.login_window_s`` by account and by client address, so the limit holds however
-many processes serve the console.  A successful login starts a fresh session (a new cookie and
-CSRF token) bound to the person and their credential version; logout raises the version, which
-ends every session of that person, on every device.
+over ``console.login_window_s`` by account and by client address (``request.remote``: behind a
+reverse proxy listed in ``server.trusted_proxies``, the address it forwards, see
+``bot.proxies``), so the limit holds however many processes serve the console.  A successful
+login starts a fresh session (a new cookie and CSRF token) bound to the person and their
+credential version; logout raises the version, which ends every session of that person, on
+every device.
 """
 
 from __future__ import annotations

@@ -23,9 +23,8 @@ from flows.checkin_push import local_day
 from flows.checkin_schedule import remind_grid_now
 from storage import checkin as store
 from storage import repo
-from storage.models import RegionLevel, Role, utcnow
+from storage.models import MAX_ID, RegionLevel, Role, utcnow
 
-MAX_ID = 2**63 - 1
 REMINDERS = (Role.WARDEN, Role.ADMIN)
 """Who may remind a grid's residents (doctors see the board, wardens and admins act)."""
 

@@ -14,9 +14,12 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from aiohttp import web
 from multidict import MultiMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot.console.site import PageError, console_of, flash
+from flows.refusals import Refused
 from flows.texts import Texts
 from storage import repo
 from storage.models import LEVEL_ORDER, RegionLevel
@@ -55,12 +58,27 @@ def _tree_order(region: repo.RegionInfo) -> tuple[int, ...]:
     return tuple(int(part) for part in region.path.strip("/").split("/") if part)
 
 
-def refusal_text(texts: Texts, feature: str, reason: str, values: dict[str, Any]) -> str:
+def refusal_text(texts: Texts, refused: Refused) -> str:
     """The sentence for a service's refusal: the console's wording when the chat's does not
     fit a form (``<feature>/console/<reason>``), else the one chat and API users read."""
-    console_name = f"{feature}/console/{reason}"
-    name = console_name if texts.exists(console_name) else f"{feature}/refused/{reason}"
-    return texts.render(name, **values)
+    console_name = f"{refused.feature}/console/{refused.reason}"
+    name = console_name if texts.exists(console_name) else refused.template
+    return texts.render(name, **refused.values)
+
+
+def refusal_page(texts: Texts, refused: Refused) -> PageError:
+    """A refusal as a page of its own (raise it), with the service's status."""
+    return PageError(refused.http_status, "refused", message=refusal_text(texts, refused))
+
+
+async def flash_refusal(request: web.Request, refused: Refused) -> None:
+    """A refused action: its own page when the thing is not the user's to see or change
+    (403, 404); otherwise (it changed state meanwhile) a warning on top of the page the
+    caller redirects to."""
+    texts = console_of(request).texts
+    if refused.http_status in (403, 404):
+        raise refusal_page(texts, refused)
+    await flash(request, "refused", "warn", message=refusal_text(texts, refused))
 
 
 def checked(form: MultiMapping[Any], name: str) -> bool:

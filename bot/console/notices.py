@@ -20,7 +20,9 @@ from multidict import MultiMapping
 
 from bot.console.forms import (
     checked,
+    flash_refusal,
     local_input,
+    refusal_page,
     refusal_text,
     region_choices,
     text_of,
@@ -30,6 +32,8 @@ from bot.console.site import (
     PageError,
     console_of,
     flash,
+    keyset_links,
+    query_choice,
     query_int,
     redirect,
     render,
@@ -38,11 +42,10 @@ from bot.console.site import (
 from flows import notices
 from flows.notice_input import NoticeInputError, parse_send_time
 from storage import repo
-from storage.models import utcnow
+from storage.models import MAX_ID, utcnow
 from storage.notices_models import NoticeStatus
 
 SENDERS = tuple(notices.SENDER_ROLES)
-MAX_ID = 2**63 - 1
 STATUSES = tuple(s.value for s in NoticeStatus)
 _WORDS = re.compile(r"[\s,，、;；]+")
 
@@ -102,20 +105,13 @@ def _notice_id(request: web.Request) -> int:
     return int(raw)
 
 
-def _page_error(console: Console, refused: notices.NoticeRefused) -> PageError:
-    message = refusal_text(console.texts, "notices", refused.reason, refused.values)
-    return PageError(refused.http_status, "refused", message=message)
-
-
 # -- list --------------------------------------------------------------------------------------
 
 
 async def list_page(request: web.Request) -> web.Response:
     """Notices the user sent or whose audience lies in their scope, newest first."""
     console, user = console_of(request), user_of(request)
-    status = request.query.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise PageError(400, "bad_parameter", name="status")
+    status = query_choice(request, "status", STATUSES)
     before = query_int(request, "before", MAX_ID, 1, MAX_ID)
     size = console.settings.page_size
     try:
@@ -124,19 +120,15 @@ async def list_page(request: web.Request) -> web.Response:
                 conn, user.person, status=status, limit=size, before_id=before, via="console"
             )
     except notices.NoticeRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     return await render(
         request,
         "console/notices/list.html",
         rows=rows,
         status=status,
         statuses=STATUSES,
-        first_query={"status": status} if status and before != MAX_ID else None,
-        paged=before != MAX_ID,
-        next_query=(
-            {"before": str(rows[-1][0].id), **({"status": status} if status else {})}
-            if len(rows) == size
-            else None
+        **keyset_links(
+            "before", [notice.id for notice, _ in rows], size, paged=before != MAX_ID, status=status
         ),
     )
 
@@ -200,7 +192,7 @@ async def send(request: web.Request) -> web.StreamResponse:
             max_chars=console.config.notices.max_text_chars,
         )
     except notices.NoticeRefused as refused:
-        message = refusal_text(console.texts, "notices", refused.reason, refused.values)
+        message = refusal_text(console.texts, refused)
         return await _compose(request, form, error=message, status=refused.http_status)
     tz = console.config.tz
     if send_at is None:
@@ -244,7 +236,7 @@ async def notice_page(request: web.Request) -> web.Response:
             sender = await repo.load_person(conn, notice.sender_id)
             regions = [await repo.get_region(conn, rid) for rid in notice.audience["region_ids"]]
     except notices.NoticeRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     return await render(
         request,
         "console/notices/notice.html",
@@ -254,12 +246,12 @@ async def notice_page(request: web.Request) -> web.Response:
         sender=sender,
         regions=[r for r in regions if r is not None],
         unacked=unacked,
-        paged=after > 0,
-        first_query={"unacked": "1"} if unacked else None,
-        next_query=(
-            {"after": str(recipients[-1].id), **({"unacked": "1"} if unacked else {})}
-            if len(recipients) == size
-            else None
+        **keyset_links(
+            "after",
+            [r.id for r in recipients],
+            size,
+            paged=after > 0,
+            unacked="1" if unacked else None,
         ),
         can_remind=notice.ack_required and notice.status == NoticeStatus.SENT,
         can_cancel=notice.status == NoticeStatus.SCHEDULED,
@@ -282,7 +274,7 @@ async def resend(request: web.Request) -> web.StreamResponse:
                 now=utcnow(),
             )
     except notices.NoticeRefused as refused:
-        await _refused_flash(request, console, refused)
+        await flash_refusal(request, refused)
         raise redirect(request, "notice", id=str(notice_id)) from None
     console.wake_delivery()
     await flash(
@@ -304,18 +296,7 @@ async def cancel(request: web.Request) -> web.StreamResponse:
             notice = await notices.find_managed(conn, user.person, notice_id=notice_id)
             await notices.cancel_notice(conn, user.person, notice, now=utcnow())
     except notices.NoticeRefused as refused:
-        await _refused_flash(request, console, refused)
+        await flash_refusal(request, refused)
         raise redirect(request, "notice", id=str(notice_id)) from None
     await flash(request, "notice_cancelled", "ok", code=notice.code)
     raise redirect(request, "notice", id=str(notice_id))
-
-
-async def _refused_flash(
-    request: web.Request, console: Console, refused: notices.NoticeRefused
-) -> None:
-    """A refused action: a page of its own when the notice is not the user's to see (403,
-    404); otherwise (it changed state meanwhile) the notice again, with the reason on top."""
-    if refused.http_status in (403, 404):
-        raise _page_error(console, refused)
-    message = refusal_text(console.texts, "notices", refused.reason, refused.values)
-    await flash(request, "refused", "warn", message=message)

@@ -41,9 +41,8 @@ from flows.checkin_export import ExportLabels, export_checkins
 from flows.checkin_push import local_day
 from flows.posters import grid_posters
 from storage import repo
-from storage.models import utcnow
+from storage.models import MAX_ID, utcnow
 
-MAX_ID = 2**63 - 1
 UPLOAD_FIELD = "file"
 
 

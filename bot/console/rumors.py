@@ -18,8 +18,10 @@ from multidict import MultiMapping
 
 from bot.console.forms import (
     checked,
+    flash_refusal,
     local_input,
     parse_local,
+    refusal_page,
     refusal_text,
     region_choices,
     text_of,
@@ -30,6 +32,8 @@ from bot.console.site import (
     audit,
     console_of,
     flash,
+    keyset_links,
+    query_choice,
     query_int,
     redirect,
     render,
@@ -37,12 +41,11 @@ from bot.console.site import (
 )
 from flows import notices, rumors
 from storage import repo
-from storage.models import utcnow
+from storage.models import MAX_ID, utcnow
 from storage.rumor_models import MAX_CLAIM, ClarificationStatus, ReviewStatus, Verdict
 
 MANAGERS = tuple(rumors.MANAGER_ROLES)
 REPORTERS = tuple(rumors.REPORT_ROLES)
-MAX_ID = 2**63 - 1
 VERDICTS = tuple(v.value for v in Verdict)
 STATUSES = tuple(s.value for s in ClarificationStatus)
 REPORT_DAYS = (1, 3, 7, 14, 30)
@@ -167,19 +170,19 @@ def _id(request: web.Request) -> int:
     return value
 
 
-def _message(console: Console, refused: rumors.RumorRefused) -> str:
-    return refusal_text(console.texts, "rumors", refused.reason, refused.values)
-
-
-def _page_error(console: Console, refused: rumors.RumorRefused) -> PageError:
-    return PageError(refused.http_status, "refused", message=_message(console, refused))
-
-
 async def _after_commit(console: Console, delivered: rumors.Delivered) -> None:
     await rumors.queue_corrections(
         console.db, delivered, texts=console.texts, settings=console.config, now=utcnow()
     )
     console.wake_delivery()
+
+
+def _default_region(person: repo.PersonInfo) -> str:
+    """The region a new clarification starts with: the user's one scope, unless they may
+    write for everyone or have several scopes (then "everyone" / nothing chosen)."""
+    roots = repo.scope_roots(person.scope_regions(*MANAGERS))
+    everyone = rumors.can_manage(person, None)
+    return "" if everyone or len(roots) != 1 else roots[0].code
 
 
 async def _form_choices(conn: Any, person: repo.PersonInfo) -> dict[str, Any]:
@@ -197,9 +200,7 @@ async def _form_choices(conn: Any, person: repo.PersonInfo) -> dict[str, Any]:
 async def list_page(request: web.Request) -> web.Response:
     """Clarifications for everyone or for regions related to the user's scope."""
     console, user = console_of(request), user_of(request)
-    status = request.query.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise PageError(400, "bad_parameter", name="status")
+    status = query_choice(request, "status", STATUSES)
     before = query_int(request, "before", MAX_ID, 1, MAX_ID)
     size = console.settings.page_size
     try:
@@ -208,20 +209,14 @@ async def list_page(request: web.Request) -> web.Response:
                 conn, user.person, status=status, limit=size, before=before
             )
     except rumors.RumorRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     return await render(
         request,
         "console/rumors/list.html",
         rows=rows,
         status=status,
         statuses=STATUSES,
-        paged=before != MAX_ID,
-        first_query={"status": status} if status else None,
-        next_query=(
-            {"before": str(rows[-1].id), **({"status": status} if status else {})}
-            if len(rows) == size
-            else None
-        ),
+        **keyset_links("before", [r.id for r in rows], size, paged=before != MAX_ID, status=status),
     )
 
 
@@ -232,11 +227,11 @@ async def _form_page(
     action: str,
     parts: dict[str, str],
     mode: str,
-    error: str | None = None,
-    error_field: str | None = None,
     item: Any = None,
-    status: int = 200,
+    refused: rumors.RumorRefused | None = None,
 ) -> web.Response:
+    """The clarification form; ``refused``: shown again with the service's reason (and the
+    field it names marked), with the refusal's status."""
     console, user = console_of(request), user_of(request)
     async with console.db.read() as conn:
         choices = await _form_choices(conn, user.person)
@@ -247,20 +242,17 @@ async def _form_page(
         action=action,
         parts=parts,
         mode=mode,
-        error=error,
-        error_field=error_field,
+        error=refusal_text(console.texts, refused) if refused else None,
+        error_field=refused.values.get("field") if refused else None,
         item=item,
         verdicts=VERDICTS,
-        _status=status,
+        _status=refused.http_status if refused else 200,
         **choices,
     )
 
 
 async def new_page(request: web.Request) -> web.Response:
-    user = user_of(request)
-    roots = repo.scope_roots(user.person.scope_regions(*MANAGERS))
-    everyone = rumors.can_manage(user.person, None)
-    form = ClarificationForm(region="" if everyone or len(roots) != 1 else roots[0].code)
+    form = ClarificationForm(region=_default_region(user_of(request).person))
     return await _form_page(request, form, action="rumor_create", parts={}, mode="create")
 
 
@@ -298,9 +290,7 @@ async def create(request: web.Request) -> web.StreamResponse:
             action="rumor_create",
             parts={},
             mode="create",
-            error=_message(console, refused),
-            error_field=refused.values.get("field"),
-            status=refused.http_status,
+            refused=refused,
         )
     await _after_commit(console, delivered)
     await _delivered_flash(request, "rumor_published" if form.publish else "rumor_saved", delivered)
@@ -331,7 +321,7 @@ async def _clarification(
             }
             choices = await region_choices(conn, notices.sender_scopes(user.person))
     except rumors.RumorRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     row = record.row
     if row.scope_path is not None:  # a scoped clarification goes only to its own regions
         choices = [c for c in choices if c.region.path.startswith(row.scope_path)]
@@ -359,7 +349,7 @@ async def edit_page(request: web.Request) -> web.Response:
             row = await rumors.find_managed(conn, user.person, cid)
             region = await repo.get_region(conn, row.region_id) if row.region_id else None
     except rumors.RumorRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     form = ClarificationForm.from_row(row, region, console)
     return await _form_page(
         request,
@@ -397,17 +387,15 @@ async def edit(request: web.Request) -> web.StreamResponse:
             )
     except rumors.RumorRefused as refused:
         if row is None:  # not found, or not the user's to change
-            raise _page_error(console, refused) from None
+            raise refusal_page(console.texts, refused) from None
         return await _form_page(
             request,
             form,
             action="rumor_save",
             parts={"id": str(cid)},
             mode="edit",
-            error=_message(console, refused),
-            error_field=refused.values.get("field"),
             item=row,
-            status=refused.http_status,
+            refused=refused,
         )
     await _after_commit(console, delivered)
     await _delivered_flash(request, "rumor_edited", delivered)
@@ -445,7 +433,7 @@ async def _change_status(
                 now=utcnow(),
             )
     except rumors.RumorRefused as refused:
-        await _refused(request, console, refused)
+        await flash_refusal(request, refused)
         raise redirect(request, "rumor", id=str(cid)) from None
     await _after_commit(console, delivered)
     if counts:  # the flash says how many people were told
@@ -477,11 +465,11 @@ async def push(request: web.Request) -> web.StreamResponse:
             )
     except rumors.RumorRefused as refused:
         if refused.http_status == 404:
-            raise _page_error(console, refused) from None
+            raise refusal_page(console.texts, refused) from None
         return await _clarification(
             request,
             push_form=form,
-            push_error=_message(console, refused),
+            push_error=refusal_text(console.texts, refused),
             status=refused.http_status,
         )
     await notices.queue_notice(
@@ -522,7 +510,7 @@ async def review_page(request: web.Request) -> web.Response:
                 conn, user.person, status=None, limit=ATTACH_CHOICES, before=None
             )
     except rumors.RumorRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     options = [o for o in options if o.status != ClarificationStatus.WITHDRAWN]
     options.sort(key=lambda o: (o.status != ClarificationStatus.PUBLISHED, -o.id))
     return await render(
@@ -555,7 +543,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
                 now=utcnow(),
             )
     except rumors.RumorRefused as refused:
-        await _refused(request, console, refused)
+        await flash_refusal(request, refused)
         raise redirect(request, "rumor_review") from None
     await _after_commit(console, delivered)
     await _delivered_flash(request, "rumor_attached", delivered)
@@ -569,7 +557,7 @@ async def dismiss(request: web.Request) -> web.StreamResponse:
         async with console.db.write() as conn:
             await rumors.dismiss_item(conn, user.person, item_id, now=utcnow())
     except rumors.RumorRefused as refused:
-        await _refused(request, console, refused)
+        await flash_refusal(request, refused)
         raise redirect(request, "rumor_review") from None
     await flash(request, "rumor_dismissed", "ok")
     raise redirect(request, "rumor_review")
@@ -590,22 +578,19 @@ async def _review_item(request: web.Request, item_id: int) -> Any:
                 target_id=item.id,
             )
     except rumors.RumorRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     if item.status != ReviewStatus.PENDING:
         closed = rumors.RumorRefused("item_closed", 409, status=item.status)
-        raise _page_error(console, closed)
+        raise refusal_page(console.texts, closed)
     return item
 
 
 async def clarify_page(request: web.Request) -> web.Response:
     """A new clarification for a review item, its claim taken from what residents asked."""
     item = await _review_item(request, _id(request))
-    user = user_of(request)
-    roots = repo.scope_roots(user.person.scope_regions(*MANAGERS))
-    everyone = rumors.can_manage(user.person, None)
     form = ClarificationForm(
         claim=item.sample[:MAX_CLAIM],
-        region="" if everyone or len(roots) != 1 else roots[0].code,
+        region=_default_region(user_of(request).person),
         publish=True,
     )
     return await _form_page(
@@ -640,7 +625,7 @@ async def clarify(request: web.Request) -> web.StreamResponse:
             )
     except rumors.RumorRefused as refused:
         if refused.reason in ("item_not_found", "not_allowed"):
-            raise _page_error(console, refused) from None
+            raise refusal_page(console.texts, refused) from None
         async with console.db.read() as conn:
             item = await rumors.find_review_item(conn, user.person, item_id)
         return await _form_page(
@@ -650,9 +635,7 @@ async def clarify(request: web.Request) -> web.StreamResponse:
             parts={"id": str(item_id)},
             mode="clarify",
             item=item,
-            error=_message(console, refused),
-            error_field=refused.values.get("field"),
-            status=refused.http_status,
+            refused=refused,
         )
     await _after_commit(console, delivered)
     await _delivered_flash(request, "rumor_published" if form.publish else "rumor_saved", delivered)
@@ -682,7 +665,7 @@ async def report_page(request: web.Request) -> web.Response:
             roots = repo.scope_roots(user.person.scope_regions(*REPORTERS))
             choices = await region_choices(conn, roots)
     except rumors.RumorRefused as refused:
-        raise _page_error(console, refused) from None
+        raise refusal_page(console.texts, refused) from None
     lines = (*result.unanswered, *result.answered)
     return await render(
         request,
@@ -709,11 +692,3 @@ async def _delivered_flash(request: web.Request, key: str, delivered: rumors.Del
         updated=delivered.updated,
         notices=len(delivered.notice_ids),
     )
-
-
-async def _refused(request: web.Request, console: Console, refused: rumors.RumorRefused) -> None:
-    """A refused action: its own page when the thing is not the user's to see or change
-    (403, 404); otherwise (it changed state meanwhile) back, with the reason on top."""
-    if refused.http_status in (403, 404):
-        raise _page_error(console, refused)
-    await flash(request, "refused", "warn", message=_message(console, refused))

@@ -13,7 +13,7 @@ import hmac
 import logging
 import secrets
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -376,6 +376,29 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
     if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise PageError(400, "bad_parameter", name=name)
     return int(raw)
+
+
+def query_choice(request: web.Request, name: str, choices: Iterable[str]) -> str | None:
+    """A query parameter that must be one of ``choices`` (absent or empty: None); a 400 page
+    otherwise."""
+    value = request.query.get(name) or None
+    if value is not None and value not in choices:
+        raise PageError(400, "bad_parameter", name=name)
+    return value
+
+
+def keyset_links(
+    key: str, ids: Sequence[int], size: int, *, paged: bool, **filters: str | None
+) -> dict[str, Any]:
+    """The paging links of a table paged by id (``ids`` of the rows shown, ``size`` a full
+    page): ``paged`` (a later page, so link to the first), ``first_query`` (the filters) and
+    ``next_query`` (the filters and ``key`` = the last id shown, when the page is full)."""
+    kept = {name: value for name, value in filters.items() if value}
+    return {
+        "paged": paged,
+        "first_query": kept or None,
+        "next_query": {key: str(ids[-1]), **kept} if ids and len(ids) == size else None,
+    }
 
 
 def now() -> datetime:
