@@ -13,7 +13,19 @@ its shipped ``DEFAULT_THRESHOLDS``; nothing here feeds back into the matcher.
 The baseline is a plain character-bigram TF-IDF cosine over the claims; its threshold is, as in
 the data set's README, the lowest one that answers at most 1% of negatives, i.e. chosen on this
 very set (an oracle operating point, which flatters it). For a like-for-like comparison the
-matcher is also shown at its own such oracle threshold, clearly labelled.
+matcher is also shown at its own such oracle threshold, clearly labelled, and at the plain-score
+threshold that answers as many negatives as its shipped decision does: a decision rule (key words,
+margins, windows, ...) adds separation only if it answers more queries right than that row, not
+merely more than the previous shipped figure (moving along the same curve is not an improvement).
+
+Second-stage rules measured so far against that row (aggregate figures only, on the top
+candidate), none of which beat it: the claim's best local window (2x its length), in-order
+(weighted LCS) bigram coverage, the claim's key word (its highest-weight word in no other claim)
+for scores between the suggest and answer levels, a character-unigram or skip-bigram view, synonym
+expansion of claim words (Cilin), the share of the post's own top TF-IDF words that the claim
+holds, and post length; the top-1/top-2 margin and debunk cues (辟谣, 不实, ...) did not even
+differ between the two kinds of post near the threshold. The plain score's best <= 1% point stays
+at about 85% right on this set: that is the figure a new rule has to beat.
 """
 
 from __future__ import annotations
@@ -186,9 +198,11 @@ def pct(part: float, whole: int) -> str:
     return f"{100 * part / whole:5.1f}% ({int(part)}/{whole})"
 
 
-def oracle_threshold(negative_scores: Sequence[float]) -> float:
-    """The lowest threshold (just above a negative's score) that answers <= 1% of negatives."""
-    allowed = math.floor(MAX_NEGATIVE_WRONG * len(negative_scores))
+def oracle_threshold(negative_scores: Sequence[float], allowed: int | None = None) -> float:
+    """The lowest threshold (just above a negative's score) that answers at most ``allowed``
+    negatives, by default 1% of them."""
+    if allowed is None:
+        allowed = math.floor(MAX_NEGATIVE_WRONG * len(negative_scores))
     ordered = sorted(negative_scores, reverse=True)
     return ordered[allowed] + 1e-9 if allowed < len(ordered) else 0.0
 
@@ -241,7 +255,12 @@ def report_matcher(data: Dataset, index: RumorIndex, label: str) -> dict[str, ob
     print(f"  negatives given suggestions     {pct(neg_suggested, nn)}")
     print(f"  top-1 group accuracy (queries)  {pct(top1, nq)}")
     print(f"  latency per message             {latency(q_millis + n_millis, q_cpu + n_cpu)}")
-    return {"query_best": query_best, "negative_best": negative_best}
+    return {
+        "query_best": query_best,
+        "negative_best": negative_best,
+        "right": right,
+        "negatives_answered": neg_answered,
+    }
 
 
 def report_baseline(data: Dataset) -> None:
@@ -275,7 +294,12 @@ def report_sensitivity(raw: dict[str, object]) -> None:
     oracle = oracle_threshold(negative_best)
     print("\n== matcher score, other answer thresholds (measurement only; defaults not fitted)")
     print("  (ignores the short-keyword and minimum-evidence rules; top-1 group at each score)")
-    rows = [("oracle <= 1% wrong", oracle), *((f"{t:.2f}", t) for t in (0.4, 0.45, 0.5, 0.6))]
+    shipped_wrong = int(raw["negatives_answered"])  # type: ignore[call-overload]
+    rows = [
+        ("oracle <= 1% wrong", oracle),
+        (f"as shipped, {shipped_wrong} wrong", oracle_threshold(negative_best, shipped_wrong)),
+        *((f"{t:.2f}", t) for t in (0.4, 0.45, 0.5, 0.6)),
+    ]
     for name, threshold in rows:
         right = sum(ok and score >= threshold for score, ok in query_best)
         wrong = sum(score >= threshold for score in negative_best)
@@ -283,6 +307,12 @@ def report_sensitivity(raw: dict[str, object]) -> None:
             f"  answer >= {name:<20} ({threshold:.3f}): right {pct(right, nq)}, "
             f"negatives answered {pct(wrong, nn)}"
         )
+    shipped_right = int(raw["right"])  # type: ignore[call-overload]
+    print(
+        f"  The shipped decision: right {pct(shipped_right, nq)} with {shipped_wrong} negatives "
+        "answered.\n  A decision rule separates rumors from true posts better than the score "
+        "alone only if it\n  beats the row 'as shipped' (same negatives answered)."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
