@@ -263,8 +263,9 @@ class RumorsConfig(_Section):
     """A shorter direct message that no command took, with at least this many Chinese
     characters, letters or digits, is matched too, and answered only when the matcher is
     sure; otherwise it gets the usual "not understood" reply and is not queued for review.
-    Below SHORT_QUERY_CHARS + 1 the matcher never answers anyway; at or above
-    ``forward_min_chars`` this never happens."""
+    Six is the shortest claim of two-character words (大蒜/预防/感染, 超市/明天/停业), while
+    courtesies (谢谢, 好的收到, 知道了谢谢) are shorter; at SHORT_QUERY_CHARS or fewer the matcher
+    never answers anyway, and at or above ``forward_min_chars`` this never happens."""
     group_similarity: float = Field(0.6, gt=0, le=1)
     """Unanswered questions whose heads share at least this share of character bigrams
     (Jaccard) are grouped into one review item."""

@@ -14,6 +14,11 @@ unknown.  A clarification scoped to a region is only given to people living in i
 outside the asker's region are dropped after matching, and an answer whose best candidate was
 dropped becomes a suggestion of the rest.
 
+**Unprompted claims.**  A direct message that no command or flow took ("喝白酒可以预防新冠病毒",
+with no "是真的吗") is matched too, from ``rumors.fallback_min_chars`` content characters on, and
+answered only on the confident outcome, recorded like any answered question; a suggestion or no
+match leaves the usual "not understood" reply, and nothing is stored or queued for review.
+
 **Grouping of unanswered questions.**  Residents forward the same post with different heads and
 tails ("转发", "这是真的吗", their own comment), or only its first lines.  Near-duplicates are
 found by the Jaccard resemblance of the character bigrams of the first
