@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flows.checkin_config import CheckinConfig
-from flows.rumor_match import DEFAULT_THRESHOLDS
+from flows.rumor_match import DEFAULT_THRESHOLDS, SHORT_QUERY_CHARS
 
 DEFAULT_CONFIG_PATH = "config.yaml"
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -259,6 +259,13 @@ class RumorsConfig(_Section):
     max_suggestions: int = Field(DEFAULT_THRESHOLDS.max_suggestions, ge=1, le=9)
     forward_min_chars: int = Field(30, ge=5)
     """A direct message at least this long, without a command, is read as a forwarded post."""
+    fallback_min_chars: int = Field(6, ge=SHORT_QUERY_CHARS + 1)
+    """A shorter direct message that no command took, with at least this many Chinese
+    characters, letters or digits, is matched too, and answered only when the matcher is
+    sure; otherwise it gets the usual "not understood" reply and is not queued for review.
+    Six is the shortest claim of two-character words (大蒜/预防/感染, 超市/明天/停业), while
+    courtesies (谢谢, 好的收到, 知道了谢谢) are shorter; at SHORT_QUERY_CHARS or fewer the matcher
+    never answers anyway, and at or above ``forward_min_chars`` this never happens."""
     group_similarity: float = Field(0.6, gt=0, le=1)
     """Unanswered questions whose heads share at least this share of character bigrams
     (Jaccard) are grouped into one review item."""

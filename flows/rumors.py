@@ -14,6 +14,11 @@ unknown.  A clarification scoped to a region is only given to people living in i
 outside the asker's region are dropped after matching, and an answer whose best candidate was
 dropped becomes a suggestion of the rest.
 
+**Unprompted claims.**  A direct message that no command or flow took ("喝白酒可以预防新冠病毒",
+with no "是真的吗") is matched too, from ``rumors.fallback_min_chars`` content characters on, and
+answered only on the confident outcome, recorded like any answered question; a suggestion or no
+match leaves the usual "not understood" reply, and nothing is stored or queued for review.
+
 **Grouping of unanswered questions.**  Residents forward the same post with different heads and
 tails ("转发", "这是真的吗", their own comment), or only its first lines.  Near-duplicates are
 found by the Jaccard resemblance of the character bigrams of the first
@@ -336,28 +341,10 @@ async def ask(ctx: Context, knowledge: RumorKnowledge, text: str) -> Asked:
     if not content_of(normalized):
         ctx.say("rumors/no_content")
         return Asked("empty")
-    await knowledge.refresh(ctx.conn, ctx.now)
-    region = ctx.person.region
-    matched = knowledge.match(
-        text, thresholds_of(ctx.settings), region_path=region.path if region else None, now=ctx.now
-    )
-    truncated = len(text) > MAX_MESSAGE_CHARS
-    values: dict[str, Any] = {
-        "person_id": ctx.person.id,
-        "region_id": region.id if region else None,
-        "text": normalized[:MAX_QUESTION_TEXT],
-        "raw_text": text[:MAX_QUESTION_RAW],
-        "asked_at": ctx.now,
-        "outcome": matched.outcome,
-        "score": matched.score,
-    }
+    matched = await _match(ctx, knowledge, text)
+    values = _question_values(ctx, text, normalized, matched)
     if matched.outcome == "answer":
-        entry = matched.entries[0]
-        question_id = await store.insert_question(ctx.conn, clarification_id=entry.id, **values)
-        await _answer(ctx, entry)
-        if truncated:
-            ctx.say("rumors/truncated", limit=MAX_MESSAGE_CHARS)
-        return Asked("answer", question_id)
+        return await _answer_question(ctx, matched.entries[0], text, values)
     if matched.outcome == "suggest":
         ids = [e.id for e in matched.entries]
         question_id = await store.insert_question(ctx.conn, suggested={"ids": ids}, **values)
@@ -371,8 +358,65 @@ async def ask(ctx: Context, knowledge: RumorKnowledge, text: str) -> Asked:
         now=ctx.now,
     )
     question_id = await store.insert_question(ctx.conn, review_item_id=item_id, **values)
+    truncated = len(text) > MAX_MESSAGE_CHARS
     ctx.say("rumors/unknown", truncated=truncated, limit=MAX_MESSAGE_CHARS)
     return Asked("unknown", question_id)
+
+
+async def answer_if_known(ctx: Context, knowledge: RumorKnowledge, text: str) -> bool:
+    """Answer ``text`` only when it is confidently a known claim; ``False`` (nothing said,
+    nothing stored) otherwise.
+
+    For a message without a question cue that no command took: a short claim ("喝白酒可以预防
+    新冠病毒") is answered and recorded as a question exactly as ``ask`` would, while a
+    suggestion or no match leaves the message to the caller, unrecorded and not queued for
+    review (an unclear short message is not a rumor question).  Messages with fewer than
+    ``rumors.fallback_min_chars`` content characters are not matched at all.
+    """
+    assert ctx.person is not None
+    normalized = normalize_text(text[: MAX_MESSAGE_CHARS * 3 // 2])
+    if len(content_of(normalized)) < ctx.settings.rumors.fallback_min_chars:
+        return False
+    matched = await _match(ctx, knowledge, text)
+    if matched.outcome != "answer":
+        return False
+    values = _question_values(ctx, text, normalized, matched)
+    await _answer_question(ctx, matched.entries[0], text, values)
+    return True
+
+
+async def _match(ctx: Context, knowledge: RumorKnowledge, text: str) -> Matched:
+    """Match ``text`` for the sender against the current knowledge base."""
+    assert ctx.person is not None
+    await knowledge.refresh(ctx.conn, ctx.now)
+    region = ctx.person.region
+    return knowledge.match(
+        text, thresholds_of(ctx.settings), region_path=region.path if region else None, now=ctx.now
+    )
+
+
+def _question_values(ctx: Context, text: str, normalized: str, matched: Matched) -> dict[str, Any]:
+    """The columns of the question row recording what the sender asked and how it matched."""
+    assert ctx.person is not None
+    region = ctx.person.region
+    return {
+        "person_id": ctx.person.id,
+        "region_id": region.id if region else None,
+        "text": normalized[:MAX_QUESTION_TEXT],
+        "raw_text": text[:MAX_QUESTION_RAW],
+        "asked_at": ctx.now,
+        "outcome": matched.outcome,
+        "score": matched.score,
+    }
+
+
+async def _answer_question(ctx: Context, entry: Entry, text: str, values: dict[str, Any]) -> Asked:
+    """Record an answered question (for the report and later corrections) and answer it."""
+    question_id = await store.insert_question(ctx.conn, clarification_id=entry.id, **values)
+    await _answer(ctx, entry)
+    if len(text) > MAX_MESSAGE_CHARS:
+        ctx.say("rumors/truncated", limit=MAX_MESSAGE_CHARS)
+    return Asked("answer", question_id)
 
 
 async def _answer(ctx: Context, entry: Entry) -> None:
@@ -554,6 +598,14 @@ class RumorDesk(Flow):
             raise Reask("rumors/choice_hint", count=len(ids))
         await choose(ctx, self.knowledge, data["question_id"], ids[number - 1])
         return None
+
+
+async def answer_unprompted(ctx: Context, text: str) -> bool:
+    """A direct message no command or flow took: answer it when it confidently states a known
+    claim (see :func:`answer_if_known`), with the rumor desk's cache; ``False`` otherwise."""
+    desk = ctx.flows.flows[RumorDesk.name]
+    assert isinstance(desk, RumorDesk)
+    return await answer_if_known(ctx, desk.knowledge, text)
 
 
 # -- managing clarifications -----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flows import rumors
 from flows.context import Context
 from flows.posters import grid_code_from_scene
 from handlers.router import Router
@@ -78,4 +79,8 @@ fallback = Router("fallback")
 
 @fallback.message()
 async def on_anything_else(ctx: Context) -> None:
+    """No command and no flow waiting: a short rumor stated without "是真的吗" still gets its
+    clarification when the matcher is sure of it; anything else gets the "not understood" text."""
+    if await rumors.answer_unprompted(ctx, ctx.text):
+        return
     ctx.say("help/not_understood")

@@ -60,6 +60,8 @@ def test_unknown_key_is_named(data, key):
         ({"log_level": "LOUD"}, "log_level"),
         ({"timezone": "Asia/Atlantis"}, "timezone"),
         ({"channels": "bridge"}, "channels"),
+        ({"rumors": {"fallback_min_chars": "six"}}, "rumors.fallback_min_chars"),
+        ({"rumors": {"fallback_min_chars": 2}}, "rumors.fallback_min_chars"),
     ],
 )
 def test_wrong_type_is_named(data, key):

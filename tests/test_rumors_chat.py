@@ -21,6 +21,7 @@ from rumors_support import (
     deliveries,
     items,
     ok,
+    outbox,
     publish,
     questions,
     residents_in,
@@ -372,3 +373,179 @@ async def test_question_grouped_into_an_item_a_reviewer_closes_meanwhile_starts_
     assert (fresh.status, fresh.ask_count, fresh.asker_count) == ("pending", 1, 1)
     [question] = await rows(db, questions, questions.c.person_id == second)
     assert question.review_item_id == fresh.id
+
+
+# -- a short claim without a question cue (the fallback) -------------------------------------
+
+NOT_UNDERSTOOD = "抱歉，我没太明白"
+SHORT_LIQUOR = "喝白酒可以预防新冠病毒"  # 11 characters, no "是真的吗"
+
+
+async def test_short_claim_without_a_cue_gets_the_clarification(make_config, start_app, demo, db):
+    client, _ = await start_app(make_config())
+    ids = await knowledge_base(client, await admin_token(db, demo))
+    resident = demo.resident_ids[0]
+
+    reply = await say(client, resident, SHORT_LIQUOR)
+
+    assert LIQUOR["claim"] in reply
+    assert LIQUOR["explanation"] in reply
+    assert LIQUOR["source_name"] in reply
+    assert NOT_UNDERSTOOD not in reply
+    [question] = await rows(db, questions)
+    assert question.outcome == QuestionOutcome.ANSWER
+    assert question.clarification_id == ids[LIQUOR["claim"]]
+    assert (question.person_id, question.raw_text) == (resident, SHORT_LIQUOR)
+    [delivery] = await rows(db, deliveries)
+    assert (delivery.person_id, delivery.version, delivery.kind) == (resident, 1, "answer")
+    assert await count(db, items) == 0
+    # Answered, not a conversation: a number afterwards is not a choice.
+    assert NOT_UNDERSTOOD in await say(client, resident, "1")
+
+
+async def test_short_claim_answer_is_the_same_as_the_asked_one(make_config, start_app, demo, db):
+    """The fallback answers with the rumor flow's own template: the reply to the bare claim is
+    the reply to the same claim asked with "这是真的吗"."""
+    client, _ = await start_app(make_config())
+    await knowledge_base(client, await admin_token(db, demo))
+    first, second = demo.resident_ids[:2]
+
+    assert await say(client, first, SHORT_LIQUOR) == await say(
+        client, second, "这是真的吗 " + SHORT_LIQUOR
+    )
+    assert [q.outcome for q in await rows(db, questions)] == [QuestionOutcome.ANSWER] * 2
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "你好呀",
+        "谢谢",
+        "今天天气真不错啊",  # long enough to be matched, matches nothing
+        "喝白酒能防新冠",  # only a suggestion: not sure enough to answer unasked
+    ],
+)
+async def test_unrelated_short_message_gets_the_usual_reply_and_nothing_is_queued(
+    make_config, start_app, demo, db, message
+):
+    client, _ = await start_app(make_config())
+    await knowledge_base(client, await admin_token(db, demo))
+    resident = demo.resident_ids[0]
+
+    reply = await say(client, resident, message)
+
+    assert reply == await say(client, resident, "嗯")  # the fallback reply of today
+    assert NOT_UNDERSTOOD in reply
+    assert LIQUOR["explanation"] not in reply
+    assert await count(db, questions) == 0
+    assert await count(db, items) == 0
+    assert await count(db, deliveries) == 0
+    # No suggestion was offered, so no conversation waits for a number.
+    assert NOT_UNDERSTOOD in await say(client, resident, "1")
+
+
+async def test_withdrawn_clarification_is_not_answered_through_the_fallback(
+    make_config, start_app, demo, db
+):
+    client, _ = await start_app(make_config())
+    token = await admin_token(db, demo)
+    ids = await knowledge_base(client, token, LIQUOR)
+    resident = demo.resident_ids[0]
+    assert LIQUOR["explanation"] in await say(client, resident, SHORT_LIQUOR)
+
+    cid = ids[LIQUOR["claim"]]
+    await ok(await call(client, token, "POST", f"/clarifications/{cid}/withdraw"))
+
+    reply = await say(client, resident, SHORT_LIQUOR)
+    assert LIQUOR["explanation"] not in reply
+    assert NOT_UNDERSTOOD in reply
+    assert await count(db, questions) == 1  # only the question answered before the withdrawal
+    assert await count(db, items) == 0
+
+
+@pytest.mark.parametrize(
+    ("min_chars", "answered"),
+    [(11, True), (12, False)],
+)
+async def test_message_below_the_minimum_length_is_not_matched(
+    make_config, start_app, demo, db, min_chars, answered
+):
+    """``rumors.fallback_min_chars`` counts Chinese characters, letters and digits: the 11 of
+    the claim, not its punctuation or emoji."""
+    client, _ = await start_app(make_config(rumors={"fallback_min_chars": min_chars}))
+    await knowledge_base(client, await admin_token(db, demo))
+
+    reply = await say(client, demo.resident_ids[0], SHORT_LIQUOR + "！！😷")
+
+    assert (LIQUOR["explanation"] in reply) is answered
+    assert (NOT_UNDERSTOOD in reply) is not answered
+    assert await count(db, questions) == (1 if answered else 0)
+    assert await count(db, items) == 0
+
+
+async def test_short_claim_counts_in_the_report_and_gets_later_corrections(
+    make_config, start_app, demo, db
+):
+    client, _ = await start_app(make_config())
+    token = await admin_token(db, demo)
+    ids = await knowledge_base(client, token, LIQUOR, SUPERMARKET)
+    cid = ids[LIQUOR["claim"]]
+    first, second = demo.resident_ids[:2]
+    await say(client, first, SHORT_LIQUOR)
+    await say(client, second, "这是真的吗 " + SHORT_LIQUOR)
+    await say(client, second, "谢谢")  # not a question: not counted
+
+    board = await say(client, demo.admin_id, "谣言榜")
+
+    assert "共 2 次询问" in board
+    assert LIQUOR["claim"] in board and "——2次，2人" in board
+    assert "待核实" not in board
+
+    correction = "更正：任何酒精饮料都不能预防病毒感染。"
+    edited = await ok(
+        await call(
+            client, token, "PATCH", f"/clarifications/{cid}", json={"explanation": correction}
+        )
+    )
+    assert edited["delivered"]["updated"] == 2
+    updates = await rows(
+        db, outbox, outbox.c.ref_type == "rumor", outbox.c.key.like(f"rumor:{cid}:v2:%")
+    )
+    assert sorted(r.person_id for r in updates) == sorted([first, second])
+    assert all(correction in r.payload["text"] for r in updates)
+
+
+async def test_commands_flows_and_registration_route_before_the_fallback(
+    make_config, start_app, demo, db
+):
+    """A short claim never pre-empts what routes before the fallback: a newcomer registers,
+    a flow waiting for an answer reads it, a staff command stays a command."""
+    client, _ = await start_app(
+        make_config(checkin={"schedule": {"quiet_hours": ["00:00", "00:00"]}})
+    )
+    await knowledge_base(client, await admin_token(db, demo))
+    resident = demo.resident_ids[0]
+
+    r = await client.post("/sim/api/newcomer")
+    newcomer = (await r.json())["address"]
+    sent = await client.post("/sim/api/send", json={"address": newcomer, "text": SHORT_LIQUOR})
+    registration = "\n".join((await sent.json())["replies"])
+    assert "网格编码" in registration and LIQUOR["explanation"] not in registration
+
+    await say(client, resident, "打卡")
+    checkin = await say(client, resident, SHORT_LIQUOR)  # the temperature question's answer
+    assert LIQUOR["explanation"] not in checkin and NOT_UNDERSTOOD not in checkin
+    await say(client, resident, "取消")
+
+    assert "哪一类" in await say(client, resident, "求助")
+    intake = await say(client, resident, SHORT_LIQUOR)
+    assert LIQUOR["explanation"] not in intake and NOT_UNDERSTOOD not in intake
+    await say(client, resident, "取消")
+
+    warden = demo.wardens["G0101"]
+    today = await say(client, warden, "今日打卡")
+    assert "应打卡" in today and NOT_UNDERSTOOD not in today
+
+    assert await count(db, questions) == 0
+    # With nothing waiting any more, the same words get the clarification.
+    assert LIQUOR["explanation"] in await say(client, resident, SHORT_LIQUOR)
