@@ -239,6 +239,15 @@ def test_url_signature_is_sha1_of_sorted_concatenation() -> None:
     assert url_signature("tok", "123", "abc") == expected
 
 
+def test_url_signature_sorts_non_ascii_values_by_their_utf8_bytes() -> None:
+    import hashlib
+
+    # U+FFFF sorts before U+10000 in UTF-8 (and code points), after it in UTF-16.
+    values = ["令牌", "z", "\uffff", "\U00010000", "é"]
+    encoded = sorted(value.encode("utf-8") for value in values)
+    assert url_signature(*values) == hashlib.sha1(b"".join(encoded)).hexdigest()
+
+
 def test_verify_url_signature_refuses_non_ascii_and_empty() -> None:
     assert not verify_url_signature("签名", "tok", "1", "2")
     assert not verify_url_signature("", "tok", "1", "2")

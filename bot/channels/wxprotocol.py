@@ -91,8 +91,8 @@ def url_signature(token: str, timestamp: str, nonce: str, *parts: str) -> str:
     With no ``parts`` it is the URL ``signature`` of the official account; with the
     ``Encrypt`` value or the ``echostr`` it is the ``msg_signature`` of safe mode and WeCom.
     """
-    values = sorted(value.encode("utf-8") for value in (token, timestamp, nonce, *parts))
-    return hashlib.sha1(b"".join(values)).hexdigest()
+    # Sorting the str values sorts their UTF-8 bytes the same way (UTF-8 keeps code point order).
+    return hashlib.sha1("".join(sorted((token, timestamp, nonce, *parts))).encode()).hexdigest()
 
 
 def verify_url_signature(
