@@ -699,6 +699,19 @@ def test_parse_callback_refuses_what_safe_parse_xml_refuses() -> None:
         parse_callback("<xml><MsgType>a</MsgType><MsgType>b</MsgType></xml>", "wechat_mp")
 
 
+def test_deeply_nested_elements_are_refused_not_a_crash() -> None:
+    document = _xml(**BASE, MsgType="text", Content="x").replace(
+        "</xml>", "<Deep>" + "<a>" * 5000 + "</a>" * 5000 + "</Deep></xml>"
+    )
+    with pytest.raises(ProtocolError, match="nested too deeply") as caught:
+        to_inbound("wechat_mp", document)
+    assert caught.value.status == 400
+    nested = "<SendPicsInfo><PicList><item><PicMd5Sum>a</PicMd5Sum></item></PicList></SendPicsInfo>"
+    document = _xml(**BASE, MsgType="event", Event="pic_weixin")
+    document = document.replace("</xml>", nested + "</xml>")
+    assert to_inbound("wechat_mp", document) is not None
+
+
 # --- passive reply ----------------------------------------------------------------------------
 
 

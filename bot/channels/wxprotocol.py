@@ -59,6 +59,8 @@ __all__ = [
 
 MAX_BODY = 64 * 1024
 """Largest callback body accepted, in bytes.  Tencent's callbacks are a few hundred bytes."""
+MAX_DEPTH = 16
+"""Deepest nesting of elements below ``<xml>`` read into wechatpy's message dict."""
 
 CryptoKind = Literal["wechat_mp", "wecom"]
 
@@ -325,12 +327,15 @@ def _read_children(root: Element) -> tuple[dict[str, str], dict[str, Any]]:
     return fields, data
 
 
-def _xmltodict_value(element: Element) -> Any:
+def _xmltodict_value(element: Element, depth: int = 1) -> Any:
     if not len(element) and not element.attrib:
         return (element.text or "").strip() or None
+    if depth > MAX_DEPTH:
+        # Tencent's documents nest four deep; a body of 64 KiB could nest thousands deep.
+        raise ProtocolError(400, "elements nested too deeply")
     value: dict[str, Any] = {f"@{name}": attr for name, attr in element.attrib.items()}
     for child in element:
-        item = _xmltodict_value(child)
+        item = _xmltodict_value(child, depth + 1)
         if child.tag not in value:
             value[child.tag] = item
         elif isinstance(value[child.tag], list):
