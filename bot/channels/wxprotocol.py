@@ -364,6 +364,8 @@ def parse_callback(xml: str | bytes, platform: CryptoKind) -> tuple[dict[str, st
 
 
 def _wechatpy_message(platform: CryptoKind, data: dict[str, Any]) -> Any:
+    # The choice of class in wechatpy 1.8.18's parser.py and enterprise/parser.py, including
+    # the official account's rewriting of scan-to-subscribe events.
     message_type = data["MsgType"].lower()
     if platform == "wecom":
         if message_type == "event":
