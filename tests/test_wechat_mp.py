@@ -345,6 +345,19 @@ async def test_unusable_bodies_answer_success_and_are_kept(mp_config, start_app,
     assert await count_rows(db, InboundMessage.__table__) == 0
 
 
+async def test_deeply_nested_safe_mode_message_is_kept_not_a_500(mp_config, start_app, fake, db):
+    client, _ = await start_app(mp_config())
+    crypto = mp_crypto(fake.app_id)
+    document = xml(ToUserName=ACCOUNT, FromUserName=OPENID, CreateTime=1, MsgType="text").replace(
+        "</xml>", "<Deep>" + "<a>" * 4000 + "</a>" * 4000 + "</Deep></xml>"
+    )
+    r = await post_safe(client, crypto, document)
+    assert (r.status, await r.text()) == (200, "success")
+    (kept,) = await raw_payloads(db)
+    assert kept.reason == "elements nested too deeply"
+    assert await count_rows(db, InboundMessage.__table__) == 0
+
+
 async def test_kept_bodies_are_size_capped(mp_config, start_app, db):
     client, _ = await start_app(mp_config(aes_key=""))
     r = await post_plain(client, b"<xml>" + b"x" * 60_000)

@@ -8,11 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wechatpy import parse_message as wechatpy_parse_mp
+from wechatpy.enterprise import parse_message as wechatpy_parse_wecom
+from wechatpy.replies import TextReply
 
 from bot.channels.wxprotocol import (
     MAX_BODY,
     MessageCrypto,
     ProtocolError,
+    parse_callback,
     render_text_reply,
     safe_parse_xml,
     to_inbound,
@@ -233,6 +237,15 @@ def test_url_signature_is_sha1_of_sorted_concatenation() -> None:
 
     expected = hashlib.sha1(b"".join(sorted([b"tok", b"123", b"abc"]))).hexdigest()
     assert url_signature("tok", "123", "abc") == expected
+
+
+def test_url_signature_sorts_non_ascii_values_by_their_utf8_bytes() -> None:
+    import hashlib
+
+    # U+FFFF sorts before U+10000 in UTF-8 (and code points), after it in UTF-16.
+    values = ["令牌", "z", "\uffff", "\U00010000", "é"]
+    encoded = sorted(value.encode("utf-8") for value in values)
+    assert url_signature(*values) == hashlib.sha1(b"".join(encoded)).hexdigest()
 
 
 def test_verify_url_signature_refuses_non_ascii_and_empty() -> None:
@@ -606,7 +619,119 @@ def test_official_plaintext_maps_to_text_inbound(vector: dict[str, str]) -> None
     assert inbound.dedupe_key.isdigit()
 
 
+# --- wechatpy's message objects, from one parse ----------------------------------------------
+
+_HEAD = (
+    "<ToUserName><![CDATA[gh_account]]></ToUserName>"
+    "<FromUserName><![CDATA[o_resident]]></FromUserName><CreateTime>1700000000</CreateTime>"
+)
+CALLBACK_DOCUMENTS = {
+    "text": "<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[帮助]]></Content>"
+    "<MsgId>1</MsgId>",
+    "text padded, empty and attributed": "<MsgType>\n  text </MsgType>"
+    "<Content><![CDATA[  36度5 \n]]></Content><MsgId></MsgId><Extra kind='x'>y</Extra>",
+    "text split by a comment": "<MsgType>text</MsgType><Content>a<!-- c -->b</Content>",
+    "image": "<MsgType><![CDATA[image]]></MsgType><PicUrl><![CDATA[http://p/1.jpg]]></PicUrl>"
+    "<MediaId><![CDATA[m1]]></MediaId><MsgId>2</MsgId>",
+    "voice": "<MsgType><![CDATA[voice]]></MsgType><MediaId><![CDATA[m2]]></MediaId>"
+    "<Format><![CDATA[amr]]></Format><Recognition><![CDATA[没有]]></Recognition>",
+    "location": "<MsgType><![CDATA[location]]></MsgType><Location_X>23.1</Location_X>"
+    "<Location_Y>113.3</Location_Y><Scale>15</Scale><Label><![CDATA[某小区]]></Label>",
+    "link": "<MsgType><![CDATA[link]]></MsgType><Title><![CDATA[标题]]></Title>"
+    "<Description><![CDATA[摘要]]></Description><Url><![CDATA[http://a/b]]></Url>",
+    "unknown type": "<MsgType><![CDATA[hologram]]></MsgType>",
+    "subscribe": "<MsgType>event</MsgType><Event>subscribe</Event><EventKey></EventKey>",
+    "subscribe by QR scene": "<MsgType>event</MsgType><Event>subscribe</Event>"
+    "<EventKey>qrscene_grid-12</EventKey><Ticket>T</Ticket>",
+    "subscribe by product scan": "<MsgType>event</MsgType><Event>subscribe</Event>"
+    "<EventKey>scanbarcode|x</EventKey>",
+    "scan": "<MsgType>event</MsgType><Event>SCAN</Event><EventKey>grid-12</EventKey>",
+    "click": "<MsgType>event</MsgType><Event>CLICK</Event><EventKey>CHECKIN</EventKey>",
+    "view": "<MsgType>event</MsgType><Event>VIEW</Event><EventKey>http://a/</EventKey>",
+    "location event": "<MsgType>event</MsgType><Event>LOCATION</Event>"
+    "<Latitude>23.1</Latitude><Longitude>113.3</Longitude><Precision>1</Precision>",
+    "template receipt": "<MsgType>event</MsgType><Event>TEMPLATESENDJOBFINISH</Event>"
+    "<MsgID>200163836</MsgID><Status><![CDATA[success]]></Status>",
+    "scan code with nested info": "<MsgType>event</MsgType><Event>scancode_waitmsg</Event>"
+    "<EventKey>k</EventKey><ScanCodeInfo><ScanType>qrcode</ScanType>"
+    "<ScanResult>1</ScanResult></ScanCodeInfo>",
+    "pictures with a repeated item": "<MsgType>event</MsgType><Event>pic_weixin</Event>"
+    "<SendPicsInfo><Count>2</Count><PicList><item><PicMd5Sum>a</PicMd5Sum></item>"
+    "<item><PicMd5Sum>b</PicMd5Sum></item></PicList></SendPicsInfo>",
+    "device event": "<MsgType>device_event</MsgType><Event>bind</Event>",
+    "device text": "<MsgType>device_text</MsgType><Content>x</Content>",
+    "event without Event": "<MsgType>event</MsgType>",
+    "wecom enter agent": "<MsgType>event</MsgType><Event>enter_agent</Event>"
+    "<EventKey></EventKey><AgentID>1000002</AgentID>",
+    "wecom group text": "<MsgType>text</MsgType><Content>收到</Content><MsgId>9</MsgId>"
+    "<AgentID>1000002</AgentID><ChatId>wrkSF</ChatId>",
+}
+
+
+def _wechatpy_parse(document: str, platform: str) -> Any:
+    """What wechatpy's own parser makes of a document, or the exception it raises."""
+    parse = wechatpy_parse_wecom if platform == "wecom" else wechatpy_parse_mp
+    try:
+        return parse(document)
+    except (KeyError, AttributeError) as exc:
+        return type(exc)
+
+
+@pytest.mark.parametrize("platform", ["wechat_mp", "wecom"])
+@pytest.mark.parametrize("name", list(CALLBACK_DOCUMENTS))
+def test_parse_callback_builds_the_message_wechatpy_would(name: str, platform: str) -> None:
+    document = f"<xml>{_HEAD}{CALLBACK_DOCUMENTS[name]}</xml>"
+    expected = _wechatpy_parse(document, platform)
+    try:
+        fields, message = parse_callback(document, platform)  # type: ignore[arg-type]
+    except (KeyError, AttributeError) as exc:
+        assert type(exc) is expected
+        return
+    assert type(message) is type(expected)
+    assert message._data == dict(expected._data)
+    assert fields == safe_parse_xml(document)
+
+
+def test_parse_callback_refuses_what_safe_parse_xml_refuses() -> None:
+    with pytest.raises(ProtocolError, match="DTDForbidden"):
+        parse_callback('<!DOCTYPE x [<!ENTITY a "b">]><xml><MsgType>&a;</MsgType></xml>', "wecom")
+    with pytest.raises(ProtocolError, match="repeated"):
+        parse_callback("<xml><MsgType>a</MsgType><MsgType>b</MsgType></xml>", "wechat_mp")
+
+
+def test_deeply_nested_elements_are_refused_not_a_crash() -> None:
+    document = _xml(**BASE, MsgType="text", Content="x").replace(
+        "</xml>", "<Deep>" + "<a>" * 5000 + "</a>" * 5000 + "</Deep></xml>"
+    )
+    with pytest.raises(ProtocolError, match="nested too deeply") as caught:
+        to_inbound("wechat_mp", document)
+    assert caught.value.status == 400
+    nested = "<SendPicsInfo><PicList><item><PicMd5Sum>a</PicMd5Sum></item></PicList></SendPicsInfo>"
+    document = _xml(**BASE, MsgType="event", Event="pic_weixin")
+    document = document.replace("</xml>", nested + "</xml>")
+    assert to_inbound("wechat_mp", document) is not None
+
+
 # --- passive reply ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("to_user", "from_user", "text"),
+    [
+        ("o_resident", "gh_account", "已记录：36.5℃"),
+        ("o", "gh", "第一行\n\n第二行 & <b>不是标签</b>"),
+        ("o]]>x", "gh", "a]]>b"),
+        ("", "", ""),
+    ],
+)
+def test_render_text_reply_is_wechatpys_text_reply(to_user: str, from_user: str, text: str) -> None:
+    expected = TextReply(
+        target=to_user.replace("]]>", "]]]]><![CDATA[>"),
+        source=from_user.replace("]]>", "]]]]><![CDATA[>"),
+        content=text.replace("]]>", "]]]]><![CDATA[>"),
+        time=1700000009,
+    ).render()
+    assert render_text_reply(to_user, from_user, text, 1700000009) == expected
 
 
 def test_render_text_reply() -> None:
