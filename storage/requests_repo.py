@@ -149,6 +149,10 @@ async def ancestor_ids(conn: AsyncConnection, region: RegionInfo) -> dict[str, i
 # The columns that live on the request's clock (see ``RequestClock``), read and written as if
 # they were the request's own.
 CLOCK_FIELDS = frozenset({"level", "handler_id", "escalate_at", "escalations"})
+# The request's columns its clock keeps copies of, and the ancestor columns its clock's
+# ``place_id`` is the lowest of (written together: they come from ``ancestor_ids``).
+CLOCK_COPIES = ("category", "urgency")
+PLACE_COLUMNS = ("community_id", "street_id", "district_id", "city_id")
 
 
 def request_query() -> Any:
@@ -166,13 +170,20 @@ def request_query() -> Any:
 
 def _split(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(request columns, clock columns) of ``values``; a status also sets the clock's stage,
-    and a status that is not open stops the clock."""
+    and a status that is not open stops the clock.  The category, the urgency and the place
+    (from the four ancestor columns, given all together) are copied to the clock."""
     row = {k: v for k, v in values.items() if k not in CLOCK_FIELDS}
     clock = {k: v for k, v in values.items() if k in CLOCK_FIELDS}
     if "status" in row:
         clock["stage"] = STAGE_OF_STATUS.get(row["status"])
         if clock["stage"] is None:
             clock["escalate_at"] = None
+    clock.update((k, row[k]) for k in CLOCK_COPIES if k in row)
+    given = [k for k in PLACE_COLUMNS if k in row]
+    if given:
+        if len(given) != len(PLACE_COLUMNS):
+            raise ValueError(f"a request's ancestor columns are written together, not {given}")
+        clock["place_id"] = next((row[k] for k in PLACE_COLUMNS if row[k] is not None), None)
     return row, clock
 
 
@@ -390,15 +401,32 @@ def _window_case(
     due: Any, windows: Mapping[tuple[str, str, str], datetime], default: datetime
 ) -> Any:
     """``CASE`` giving each (stage, category, urgency) of the ``due`` rows its next
-    escalation time."""
-    whens = [
-        (
-            and_(due.c.stage == stage, due.c.category == category, due.c.urgency == urgency),
-            literal(at, UTCDateTime()),
-        )
-        for (stage, category, urgency), at in windows.items()
-    ]
-    return case(*whens, else_=literal(default, UTCDateTime()))
+    escalation time: nested by stage, then category, then urgency, so that a row is compared
+    a handful of times rather than once per entry of ``windows``."""
+    tree: dict[str, dict[str, dict[str, datetime]]] = {}
+    for (stage, category, urgency), at in windows.items():
+        tree.setdefault(stage, {}).setdefault(category, {})[urgency] = at
+    otherwise = literal(default, UTCDateTime())
+
+    def by(column: Any, branches: Mapping[str, Any]) -> Any:
+        return case(*[(column == key, value) for key, value in branches.items()], else_=otherwise)
+
+    return by(
+        due.c.stage,
+        {
+            stage: by(
+                due.c.category,
+                {
+                    category: by(
+                        due.c.urgency,
+                        {urgency: literal(at, UTCDateTime()) for urgency, at in times.items()},
+                    )
+                    for category, times in categories.items()
+                },
+            )
+            for stage, categories in tree.items()
+        },
+    )
 
 
 def _escalation_steps(
@@ -412,46 +440,25 @@ def _escalation_steps(
     """The ``step`` CTE: one page of due clocks (oldest first; on PostgreSQL claimed with
     ``FOR UPDATE SKIP LOCKED``), each with the level, handler and escalation time it moves to.
 
-    On PostgreSQL each due clock's request is read through a ``LATERAL`` subquery that cannot
-    be flattened (``OFFSET 0``): one primary-key probe per clock, in the due index's order,
-    however many are due (as a plain join, the planner hashes the whole requests table as soon
-    as a few times a page are due).  Who is responsible above a request is looked up once per
-    distinct chain of ancestors in the page (a few hundred index probes), not once per request:
-    ``chain`` is materialized and joined back, so the lookups do not run again for every row
-    that uses them."""
-    wanted = (
-        requests.c.category,
-        requests.c.urgency,
-        requests.c.community_id,
-        requests.c.street_id,
-        requests.c.district_id,
-        requests.c.city_id,
-    )
-    request: Any
-    if postgres:
-        request = select(*wanted).where(requests.c.id == clocks.c.request_id).offset(0).lateral("r")
-        due_from = clocks.join(request, true())
-    else:
-        request = select(requests.c.id, *wanted).subquery("r")
-        due_from = clocks.join(request, request.c.id == clocks.c.request_id)
+    A page reads clock rows only: the clock carries the category and urgency (the window)
+    and its place, the lowest ancestor of the request's region.  Requests of one place share
+    their chain of ancestors (region ids are unique across levels, and a node's ancestors are
+    fixed), so the chain is read from one request per place, and who is responsible at each
+    level of it is looked up once per place in the page (a few hundred index probes), not once
+    per request: ``chain`` is materialized and joined back, so the lookups do not run again
+    for every row that uses them.  On PostgreSQL that one request is read through a
+    ``LATERAL`` subquery that cannot be flattened (``OFFSET 0``): a primary-key probe per
+    place, never a hash of the whole requests table."""
     due_query = (
         select(
             clocks.c.request_id,
             clocks.c.level.label("old_level"),
             clocks.c.stage,
-            *[request.c[c.name] for c in wanted],
-            # The lowest ancestor a request has names its whole chain (region ids are unique
-            # across levels, and a node's ancestors are fixed): one join key for the lookups.
-            func.coalesce(
-                request.c.community_id,
-                request.c.street_id,
-                request.c.district_id,
-                request.c.city_id,
-                0,
-            ).label("place"),
+            clocks.c.category,
+            clocks.c.urgency,
+            func.coalesce(clocks.c.place_id, 0).label("place"),
             *([clock_tid.label("tid")] if postgres else []),
         )
-        .select_from(due_from)
         .where(clocks.c.escalate_at <= now)
         .order_by(clocks.c.escalate_at)
         .limit(batch)
@@ -460,21 +467,30 @@ def _escalation_steps(
         due_query = due_query.with_for_update(of=clocks, skip_locked=True)
     due = due_query.cte("due").prefix_with("MATERIALIZED")
     places = (
-        select(due.c.place, due.c.community_id, due.c.street_id, due.c.district_id, due.c.city_id)
-        .distinct()
+        select(due.c.place, func.min(due.c.request_id).label("one"))
+        .group_by(due.c.place)
         .subquery("places")
     )
+    ancestors = [requests.c[name] for name in PLACE_COLUMNS]
+    request: Any
+    if postgres:
+        request = select(*ancestors).where(requests.c.id == places.c.one).offset(0).lateral("r")
+        places_from = places.join(request, true())
+    else:
+        request = select(requests.c.id, *ancestors).subquery("r")
+        places_from = places.join(request, request.c.id == places.c.one)
     chain = (
         select(
             places.c.place,
             func.coalesce(
-                _responsible(places.c.community_id, Role.ADMIN),
-                _responsible(places.c.community_id, Role.WARDEN),
+                _responsible(request.c.community_id, Role.ADMIN),
+                _responsible(request.c.community_id, Role.WARDEN),
             ).label("community_pid"),
-            _responsible(places.c.street_id, Role.ADMIN).label("street_pid"),
-            _responsible(places.c.district_id, Role.ADMIN).label("district_pid"),
-            _responsible(places.c.city_id, Role.ADMIN).label("city_pid"),
+            _responsible(request.c.street_id, Role.ADMIN).label("street_pid"),
+            _responsible(request.c.district_id, Role.ADMIN).label("district_pid"),
+            _responsible(request.c.city_id, Role.ADMIN).label("city_pid"),
         )
+        .select_from(places_from)
         .cte("chain")
         .prefix_with("MATERIALIZED")
     )

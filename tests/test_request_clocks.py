@@ -1,7 +1,8 @@
 """Escalation clocks of residents' requests, on SQLite and PostgreSQL: the clock follows every
 change of the request, the sweep moves it in set-based pages that are safe to run many at once,
-to repeat after a crash, and alongside a handler who holds the request; the migration that
-introduced the clocks moves existing requests onto them (and back)."""
+to repeat after a crash, and alongside a handler who holds the request; the migrations that
+introduced the clocks and their copies of the request's columns move existing requests onto
+them (and back)."""
 
 from __future__ import annotations
 
@@ -120,6 +121,35 @@ async def test_clock_follows_accept_transfer_resolve_reopen_and_close(
     req, c = await request_row(db, number), await clock(db, number)
     assert req.status == "closed"
     assert (c.stage, c.escalate_at, c.level, c.handler_id) == (None, None, "grid", other_warden)
+
+
+async def test_clock_copies_follow_a_transfer_and_the_sweep_climbs_the_new_chain(
+    make_config, start_app, demo, db
+):
+    """The clock's copies of category, urgency and place move with the request, so that a
+    request transferred to another street escalates to that street's admin."""
+    client, _ = await start_app(make_config())
+    east_admin = await new_staff(db, "东湖街道管理员", Role.ADMIN, "S01")
+    south_admin = await new_staff(db, "南岸街道管理员", Role.ADMIN, "S02")
+    resident = await resident_in(db, demo, "G0101")
+    number = await file_direct(db, resident, category="medical", urgency="normal")
+    req, c = await request_row(db, number), await clock(db, number)
+    assert (c.category, c.urgency, c.place_id) == ("medical", "normal", req.community_id)
+
+    assert "已转交" in await say(client, demo.admin_id, f"{number} 转交 G0201")
+    req, c = await request_row(db, number), await clock(db, number)
+    async with db.read() as conn:
+        community = await repo.get_region_by_code(conn, "C0201")
+    assert community is not None and req.community_id == community.id
+    assert (c.category, c.urgency, c.place_id) == ("medical", "normal", community.id)
+
+    # nobody answers for C0201: the grid's request goes up to its street, S02
+    late = req.accept_due_at + timedelta(minutes=1)
+    report = await sweep_deadlines(db, Texts(), make_config(), now=late)
+    assert (report.escalated, report.exhausted) == (1, 0)
+    c = await clock(db, number)
+    assert (c.level, c.handler_id) == ("street", south_admin)
+    assert c.handler_id != east_admin
 
 
 async def test_volunteer_delivery_stops_the_clock(make_config, start_app, demo, db):
@@ -334,12 +364,19 @@ OLD_REQUESTS = [
     ("Q20261128-0003", "resolved", "community", 4, None, 1),
     ("Q20261128-0004", "closed", "city", 7, None, 4),
 ]
+# category, urgency, community, street of each old request (and what its clock copies)
+OLD_PLACES = [
+    ("medical", "urgent", 40, 30),
+    ("supplies", "normal", None, 30),
+    ("other", "normal", 41, 30),
+    ("daily", "urgent", None, None),
+]
 INSERT_OLD_REQUEST = text(
-    "INSERT INTO requests (id, number, resident_id, region_id, category, urgency, description, "
-    "attachments, channel, status, level, handler_id, accept_due_at, resolve_due_at, "
-    "escalate_at, escalations, reopen_count, created_at) VALUES (:id, :number, 1, 1, 'other', "
-    "'normal', 'x', '[]', 'sim', :status, :level, :handler, :now, :now, :escalate_at, "
-    ":escalations, 0, :now)"
+    "INSERT INTO requests (id, number, resident_id, region_id, community_id, street_id, "
+    "category, urgency, description, attachments, channel, status, level, handler_id, "
+    "accept_due_at, resolve_due_at, escalate_at, escalations, reopen_count, created_at) "
+    "VALUES (:id, :number, 1, 1, :community, :street, :category, :urgency, 'x', '[]', 'sim', "
+    ":status, :level, :handler, :now, :now, :escalate_at, :escalations, 0, :now)"
 )
 
 
@@ -365,10 +402,15 @@ async def _file_old_requests(url: str, now: datetime) -> None:
                 OLD_REQUESTS, start=1
             ):
                 due = None if minutes is None else now + timedelta(minutes=minutes)
+                category, urgency, community, street = OLD_PLACES[i - 1]
                 await conn.execute(
                     INSERT_OLD_REQUEST,
                     {
                         "id": i,
+                        "category": category,
+                        "urgency": urgency,
+                        "community": community,
+                        "street": street,
                         "number": number,
                         "status": status,
                         "level": level,
@@ -424,6 +466,19 @@ async def _check_migration(url: str) -> None:
     assert rows == [(1, 10 * len(OLD_REQUESTS))]
     _, columns = await _read(url, "SELECT * FROM requests WHERE 1 = 0")
     assert not columns & {"level", "handler_id", "escalate_at", "escalations"}
+    # the clock's copies of what the sweep needs: category, urgency, lowest ancestor
+    rows, _ = await _read(
+        url, "SELECT category, urgency, place_id FROM request_clocks ORDER BY request_id"
+    )
+    assert rows == [
+        (cat, urgency, community or street) for cat, urgency, community, street in OLD_PLACES
+    ]
+
+    await asyncio.to_thread(command.downgrade, cfg, "0006_request_clocks")
+    _, columns = await _read(url, "SELECT * FROM request_clocks WHERE 1 = 0")
+    assert not columns & {"category", "urgency", "place_id"}
+    rows, _ = await _read(url, "SELECT request_id, level FROM request_clocks ORDER BY request_id")
+    assert rows == [(i, old[2]) for i, old in enumerate(OLD_REQUESTS, start=1)]
 
     await asyncio.to_thread(command.downgrade, cfg, "request_clocks@-1")
     rows, _ = await _read(
