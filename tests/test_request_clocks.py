@@ -29,7 +29,7 @@ from test_requests import (
 )
 
 from bot.config import RequestsConfig
-from flows.requests import Desk, sweep_deadlines
+from flows.requests import Desk, local_time, sweep_deadlines
 from flows.texts import Texts
 from storage import repo
 from storage import requests_repo as rq
@@ -269,6 +269,48 @@ async def test_a_run_that_died_after_its_pages_is_alerted_by_the_next_run(
     [alert] = [t for t in await pushed(rt, community_admin) if "超期升级" in t]
     assert "3件" in alert and all(n in alert for n in numbers)
     assert (await sweep_deadlines(db, Texts(), config, now=now)).alerts == 0
+
+
+async def test_one_alert_per_handler_names_the_first_requests_in_timeline_order(
+    make_config, start_app, demo, db
+):
+    """The alert counts every escalation to its handler, lists the request numbers of the
+    first few escalation events in timeline order ("等" when there are more), and the next
+    escalation time of the first."""
+    config = make_config(requests={"sweep_batch": 3})
+    await start_app(config)
+    admin = await new_staff(db, "社区书记", Role.ADMIN, "C0101")
+    t0 = utcnow()
+    numbers = {}
+    for n in range(8):
+        number = await file_direct(
+            db, await resident_in(db, demo, "G0101", n % 2), now=t0 + timedelta(seconds=n)
+        )
+        numbers[(await request_row(db, number)).id] = number
+    report = await sweep_deadlines(db, Texts(), config, now=t0 + timedelta(minutes=61))
+    assert (report.escalated, report.alerts) == (8, 1)
+    async with db.read() as conn:
+        timeline = list(
+            await conn.execute(
+                select(events_t.c.id, events_t.c.request_id)
+                .where(events_t.c.kind == "escalated")
+                .order_by(events_t.c.id)
+            )
+        )
+        (key, payload), *others = list(
+            await conn.execute(
+                select(outbox_t.c.key, outbox_t.c.payload).where(
+                    outbox_t.c.key.like("request-escalated:%")
+                )
+            )
+        )
+    assert others == []
+    assert key == f"request-escalated:{admin}:e{timeline[0].id}"
+    first = [numbers[e.request_id] for e in timeline[:5]]
+    assert "8件诉求" in payload["text"]
+    assert f"{'、'.join(first)}等。" in payload["text"]
+    first_clock = await clock(db, first[0])
+    assert local_time(first_clock.escalate_at, config.tz) in payload["text"]
 
 
 async def test_a_page_rolled_back_by_a_crash_leaves_everything_due_for_the_next_sweep(
