@@ -837,11 +837,13 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
             pass
 
     # Most ticks have nothing due: one index probe says so.  Usually one page does it.
-    # Otherwise pages claim their clocks with SKIP LOCKED, so on PostgreSQL several run at
-    # once without waiting on each other; SQLite has one writer.
+    # When more than a page is due (a short walk of the due index says so), or the first
+    # page came back full, pages claim their clocks with SKIP LOCKED, so on PostgreSQL
+    # several run at once without waiting on each other; SQLite has one writer.
     async with db.read() as conn:
         due = await rq.any_due(conn, now=now)
-    if due and await escalate_page():
+        many = due and await rq.more_due_than(conn, now=now, count=batch)
+    if many or (due and await escalate_page()):
         async with asyncio.TaskGroup() as workers:
             for _ in range(1 if db.is_sqlite else settings.sweep_workers):
                 workers.create_task(escalate_pages())

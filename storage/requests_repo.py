@@ -611,6 +611,21 @@ async def escalate_due(
     return await page.run(conn)
 
 
+# For the page's transaction only (one round trip):
+# * no JIT: a plan this size looks expensive enough for JIT compilation, which costs more than
+#   the statement itself;
+# * no wait for the WAL flush at commit (the statement's WAL is written all the same).  A crash
+#   in the moment after the commit can lose the page's clock moves and timeline rows together,
+#   as if the page had never run: the clocks are still due and the next sweep moves them.
+#   Nothing outside the page depends on it before a synchronous commit: the alerts for its
+#   events, and any desk action on its requests, commit synchronously, and that flush covers
+#   every earlier WAL record, so an alert or a reply never survives a crash its escalation did
+#   not.
+PAGE_SETTINGS = select(
+    func.set_config("jit", "off", true()), func.set_config("synchronous_commit", "off", true())
+)
+
+
 class EscalationPage:
     """The statements of :func:`escalate_due` for one sweep run, built once (about ten
     milliseconds of Python for the PostgreSQL one) and run page after page."""
@@ -650,9 +665,7 @@ class EscalationPage:
     async def run(self, conn: AsyncConnection) -> Moved:
         """One page, in the caller's transaction."""
         if self.postgres:
-            # A plan this size looks expensive enough for JIT compilation, which costs more
-            # than the statement itself.
-            await conn.execute(text("SET LOCAL jit = off"))
+            await conn.execute(PAGE_SETTINGS)
             row = (await conn.execute(self.statement)).one()
             return Moved(int(row[0]), int(row[1] or 0))
         # SQLite: the timeline rows are written from the moved clocks, read back by id.
@@ -669,6 +682,19 @@ async def any_due(conn: AsyncConnection, *, now: datetime) -> bool:
     the due index (a ``LIMIT 1`` filter could be planned as a scan when statistics are old)."""
     earliest = (await conn.execute(select(func.min(clocks.c.escalate_at)))).scalar()
     return earliest is not None and earliest <= now
+
+
+async def more_due_than(conn: AsyncConnection, *, now: datetime, count: int) -> bool:
+    """Whether more than ``count`` clocks are due: a walk of at most ``count + 1`` entries of
+    the due index (an index-only scan of a few milliseconds for a page's worth)."""
+    first = (
+        select(literal(1))
+        .where(clocks.c.escalate_at <= now)
+        .order_by(clocks.c.escalate_at)
+        .limit(count + 1)
+        .subquery("first")
+    )
+    return int((await conn.execute(select(func.count()).select_from(first))).scalar_one()) > count
 
 
 # -- escalation alerts -----------------------------------------------------------------------

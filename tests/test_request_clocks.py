@@ -271,6 +271,18 @@ async def test_a_run_that_died_after_its_pages_is_alerted_by_the_next_run(
     assert (await sweep_deadlines(db, Texts(), config, now=now)).alerts == 0
 
 
+async def test_more_due_than_counts_only_clocks_whose_time_has_come(demo, db):
+    t0 = utcnow()
+    for n in range(5):
+        await file_direct(db, await resident_in(db, demo, "G0101", n), now=t0 + timedelta(hours=n))
+    # each is due an hour after filing: at t0 + 4h30, the first four are due, the fifth is not
+    now = t0 + timedelta(hours=4, minutes=30)
+    async with db.read() as conn:
+        assert await rq.more_due_than(conn, now=now, count=3)
+        assert not await rq.more_due_than(conn, now=now, count=4)
+        assert not await rq.more_due_than(conn, now=t0, count=0)
+
+
 async def test_one_alert_per_handler_names_the_first_requests_in_timeline_order(
     make_config, start_app, demo, db
 ):
