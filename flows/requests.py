@@ -820,11 +820,16 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
         batch=batch,
     )
 
+    due_from = rq.EARLIEST_DUE
+
     async def escalate_page() -> bool:
         """One page; ``True`` when it came back full (there may be more)."""
+        nonlocal due_from
         async with db.write() as conn:
             await rq.hold_alert_mark(conn)
-            moved = await page.run(conn)
+            moved = await page.run(conn, due_from=due_from)
+        if moved.last_due is not None:
+            due_from = max(due_from, moved.last_due)
         report.batches += 1
         report.escalated += moved.count - moved.exhausted
         report.exhausted += moved.exhausted

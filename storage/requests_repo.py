@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
@@ -361,10 +361,12 @@ async def overdue_in_region(
 @dataclass(frozen=True, slots=True)
 class Moved:
     """What one page of the sweep did: clocks moved up, and of those, how many had no level
-    left to go to (their clocks stopped)."""
+    left to go to (their clocks stopped); on PostgreSQL, the latest escalation time the page
+    claimed (where the next page's walk of the due index may start)."""
 
     count: int
     exhausted: int
+    last_due: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +385,8 @@ class EscalationAlert:
 
 
 ALERT_NUMBERS = 5  # request numbers listed in one escalation alert
+# Where a sweep's first page starts its walk of the due index: before every escalation time.
+EARLIEST_DUE = datetime(2000, 1, 1, tzinfo=UTC)
 # A clock row's tuple id (PostgreSQL): the sweep claims rows and then updates exactly those.
 clock_tid: Any = literal_column("request_clocks.ctid")
 
@@ -409,6 +413,8 @@ def _window_case(
     otherwise = literal(default, UTCDateTime())
 
     def by(column: Any, branches: Mapping[str, Any]) -> Any:
+        if not branches:
+            return otherwise
         return case(*[(column == key, value) for key, value in branches.items()], else_=otherwise)
 
     return by(
@@ -454,12 +460,16 @@ def _escalation_steps(
             clocks.c.request_id,
             clocks.c.level.label("old_level"),
             clocks.c.stage,
+            clocks.c.escalate_at.label("was_due"),
             clocks.c.category,
             clocks.c.urgency,
             func.coalesce(clocks.c.place_id, 0).label("place"),
             *([clock_tid.label("tid")] if postgres else []),
         )
-        .where(clocks.c.escalate_at <= now)
+        .where(
+            clocks.c.escalate_at <= now,
+            clocks.c.escalate_at >= bindparam("due_from", type_=UTCDateTime()),
+        )
         .order_by(clocks.c.escalate_at)
         .limit(batch)
     )
@@ -516,6 +526,7 @@ def _escalation_steps(
             ),
             case(*[(cond, pid) for cond, _, pid in steps], else_=None).label("new_handler"),
             _window_case(due, windows, default_due).label("next_due"),
+            due.c.was_due,
             *([due.c.tid] if postgres else []),
         )
         .join_from(due, chain, chain.c.place == due.c.place)
@@ -655,21 +666,33 @@ class EscalationPage:
             ).cte("moved")
             recorded = _record_moves(moved, now).cte("recorded")
             self.statement: Any = (
-                select(func.count(), func.sum(case((moved.c.escalate_at.is_(None), 1), else_=0)))
+                select(
+                    func.count(),
+                    func.sum(case((moved.c.escalate_at.is_(None), 1), else_=0)),
+                    select(func.max(step.c.was_due)).scalar_subquery(),
+                )
                 .select_from(moved)
                 .add_cte(recorded)
             )
         else:
             self.statement = move.returning(clocks.c.request_id, clocks.c.escalate_at)
 
-    async def run(self, conn: AsyncConnection) -> Moved:
-        """One page, in the caller's transaction."""
+    async def run(self, conn: AsyncConnection, *, due_from: datetime = EARLIEST_DUE) -> Moved:
+        """One page, in the caller's transaction, of the clocks due from ``due_from`` on.
+
+        A page's walk of the due index starts at ``due_from``: a sweep passes the latest
+        escalation time its pages claimed, so that a page does not step over the index entries
+        of the clocks the pages before it moved (dead until vacuumed; a walk from the start
+        grows with every page).  Clocks before it were claimed by those pages or skipped as
+        held by somebody else; a clock such a holder gives back unmoved is due for the next
+        sweep."""
+        params = {"due_from": due_from}
         if self.postgres:
             await conn.execute(PAGE_SETTINGS)
-            row = (await conn.execute(self.statement)).one()
-            return Moved(int(row[0]), int(row[1] or 0))
+            row = (await conn.execute(self.statement, params)).one()
+            return Moved(int(row[0]), int(row[1] or 0), row[2])
         # SQLite: the timeline rows are written from the moved clocks, read back by id.
-        moved_rows = list(await conn.execute(self.statement))
+        moved_rows = list(await conn.execute(self.statement, params))
         if moved_rows:
             ids = [r.request_id for r in moved_rows]
             moved = select(clocks).where(among(conn, clocks.c.request_id, ids)).subquery("moved")

@@ -271,6 +271,38 @@ async def test_a_run_that_died_after_its_pages_is_alerted_by_the_next_run(
     assert (await sweep_deadlines(db, Texts(), config, now=now)).alerts == 0
 
 
+async def test_a_page_walks_the_due_clocks_from_where_the_pages_before_it_stopped(demo, db):
+    """A page starts at ``due_from`` and, on PostgreSQL, reports the latest escalation time
+    it claimed (where the sweep's next page starts); clocks before ``due_from`` wait for the
+    next sweep.  SQLite pages report none: its one worker always walks from the start."""
+    t0 = utcnow()
+    ids = []
+    for n in range(4):
+        number = await file_direct(db, await resident_in(db, demo, "G0101", n), now=t0)
+        ids.append((await request_row(db, number)).id)
+    async with db.write() as conn:  # clock n due at t0 + n minutes
+        for n, request_id in enumerate(ids):
+            await conn.execute(
+                clocks_t.update()
+                .where(clocks_t.c.request_id == request_id)
+                .values(escalate_at=t0 + timedelta(minutes=n))
+            )
+    now = t0 + timedelta(hours=1)
+    page = rq.EscalationPage(
+        postgres=not db.is_sqlite, now=now, windows={}, default_due=now, batch=2
+    )
+    async with db.write() as conn:
+        moved = await page.run(conn, due_from=t0 + timedelta(minutes=1))
+    assert moved.count == 2
+    assert moved.last_due == (None if db.is_sqlite else t0 + timedelta(minutes=2))
+    async with db.read() as conn:
+        rows = await conn.execute(select(clocks_t.c.request_id, clocks_t.c.escalations))
+        escalations = {r.request_id: r.escalations for r in rows}
+    assert [escalations[i] for i in ids] == [0, 1, 1, 0]
+    async with db.write() as conn:
+        assert (await page.run(conn)).count == 2  # from the start: the first and the last
+
+
 async def test_more_due_than_counts_only_clocks_whose_time_has_come(demo, db):
     t0 = utcnow()
     for n in range(5):
