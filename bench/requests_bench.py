@@ -216,6 +216,9 @@ async def load_requests(db: Database, city: dict, count: int, now) -> None:
                     "stage": "accept",
                     "escalate_at": due,
                     "escalations": 0,
+                    "category": CATEGORIES[j % len(CATEGORIES)],
+                    "urgency": "urgent" if j % 3 == 0 else "normal",
+                    "place_id": ancestors[grid["id"]]["community_id"],
                 }
             )
             batch.append(

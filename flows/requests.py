@@ -820,11 +820,16 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
         batch=batch,
     )
 
+    due_from = rq.EARLIEST_DUE
+
     async def escalate_page() -> bool:
         """One page; ``True`` when it came back full (there may be more)."""
+        nonlocal due_from
         async with db.write() as conn:
             await rq.hold_alert_mark(conn)
-            moved = await page.run(conn)
+            moved = await page.run(conn, due_from=due_from)
+        if moved.last_due is not None:
+            due_from = max(due_from, moved.last_due)
         report.batches += 1
         report.escalated += moved.count - moved.exhausted
         report.exhausted += moved.exhausted
@@ -837,11 +842,13 @@ async def sweep_deadlines(db: Database, texts: Texts, config: Any, *, now: datet
             pass
 
     # Most ticks have nothing due: one index probe says so.  Usually one page does it.
-    # Otherwise pages claim their clocks with SKIP LOCKED, so on PostgreSQL several run at
-    # once without waiting on each other; SQLite has one writer.
+    # When more than a page is due (a short walk of the due index says so), or the first
+    # page came back full, pages claim their clocks with SKIP LOCKED, so on PostgreSQL
+    # several run at once without waiting on each other; SQLite has one writer.
     async with db.read() as conn:
         due = await rq.any_due(conn, now=now)
-    if due and await escalate_page():
+        many = due and await rq.more_due_than(conn, now=now, count=batch)
+    if many or (due and await escalate_page()):
         async with asyncio.TaskGroup() as workers:
             for _ in range(1 if db.is_sqlite else settings.sweep_workers):
                 workers.create_task(escalate_pages())

@@ -120,6 +120,11 @@ class RequestClock(Base):
     * ``escalate_at``: when the sweep next moves the request one level up; ``NULL`` when the
       request is not open or there is nothing left to escalate.  The sweep's conditional UPDATE
       on this column and ``level`` is what makes escalating twice impossible.
+    * ``category``, ``urgency`` and ``place_id``: copies of what the sweep needs from the
+      request (the escalation window, and the region whose chain of ancestors it escalates
+      along: the lowest of the request's community, street, district and city), so that a page
+      reads only clock rows and not one request row per escalation; written with the request
+      by :func:`storage.requests_repo.insert_request` and ``update_request``.
     """
 
     __tablename__ = "request_clocks"
@@ -149,6 +154,9 @@ class RequestClock(Base):
     stage: Mapped[str | None] = mapped_column(String(8))
     escalate_at: Mapped[datetime | None]
     escalations: Mapped[int] = mapped_column(Integer, default=0)
+    category: Mapped[str] = mapped_column(String(16))
+    urgency: Mapped[str] = mapped_column(String(16))
+    place_id: Mapped[int | None] = mapped_column(BigId)
 
 
 class RequestEvent(Base):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
@@ -149,6 +149,10 @@ async def ancestor_ids(conn: AsyncConnection, region: RegionInfo) -> dict[str, i
 # The columns that live on the request's clock (see ``RequestClock``), read and written as if
 # they were the request's own.
 CLOCK_FIELDS = frozenset({"level", "handler_id", "escalate_at", "escalations"})
+# The request's columns its clock keeps copies of, and the ancestor columns its clock's
+# ``place_id`` is the lowest of (written together: they come from ``ancestor_ids``).
+CLOCK_COPIES = ("category", "urgency")
+PLACE_COLUMNS = ("community_id", "street_id", "district_id", "city_id")
 
 
 def request_query() -> Any:
@@ -166,13 +170,20 @@ def request_query() -> Any:
 
 def _split(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(request columns, clock columns) of ``values``; a status also sets the clock's stage,
-    and a status that is not open stops the clock."""
+    and a status that is not open stops the clock.  The category, the urgency and the place
+    (from the four ancestor columns, given all together) are copied to the clock."""
     row = {k: v for k, v in values.items() if k not in CLOCK_FIELDS}
     clock = {k: v for k, v in values.items() if k in CLOCK_FIELDS}
     if "status" in row:
         clock["stage"] = STAGE_OF_STATUS.get(row["status"])
         if clock["stage"] is None:
             clock["escalate_at"] = None
+    clock.update((k, row[k]) for k in CLOCK_COPIES if k in row)
+    given = [k for k in PLACE_COLUMNS if k in row]
+    if given:
+        if len(given) != len(PLACE_COLUMNS):
+            raise ValueError(f"a request's ancestor columns are written together, not {given}")
+        clock["place_id"] = next((row[k] for k in PLACE_COLUMNS if row[k] is not None), None)
     return row, clock
 
 
@@ -350,10 +361,12 @@ async def overdue_in_region(
 @dataclass(frozen=True, slots=True)
 class Moved:
     """What one page of the sweep did: clocks moved up, and of those, how many had no level
-    left to go to (their clocks stopped)."""
+    left to go to (their clocks stopped); on PostgreSQL, the latest escalation time the page
+    claimed (where the next page's walk of the due index may start)."""
 
     count: int
     exhausted: int
+    last_due: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +385,8 @@ class EscalationAlert:
 
 
 ALERT_NUMBERS = 5  # request numbers listed in one escalation alert
+# Where a sweep's first page starts its walk of the due index: before every escalation time.
+EARLIEST_DUE = datetime(2000, 1, 1, tzinfo=UTC)
 # A clock row's tuple id (PostgreSQL): the sweep claims rows and then updates exactly those.
 clock_tid: Any = literal_column("request_clocks.ctid")
 
@@ -390,15 +405,34 @@ def _window_case(
     due: Any, windows: Mapping[tuple[str, str, str], datetime], default: datetime
 ) -> Any:
     """``CASE`` giving each (stage, category, urgency) of the ``due`` rows its next
-    escalation time."""
-    whens = [
-        (
-            and_(due.c.stage == stage, due.c.category == category, due.c.urgency == urgency),
-            literal(at, UTCDateTime()),
-        )
-        for (stage, category, urgency), at in windows.items()
-    ]
-    return case(*whens, else_=literal(default, UTCDateTime()))
+    escalation time: nested by stage, then category, then urgency, so that a row is compared
+    a handful of times rather than once per entry of ``windows``."""
+    tree: dict[str, dict[str, dict[str, datetime]]] = {}
+    for (stage, category, urgency), at in windows.items():
+        tree.setdefault(stage, {}).setdefault(category, {})[urgency] = at
+    otherwise = literal(default, UTCDateTime())
+
+    def by(column: Any, branches: Mapping[str, Any]) -> Any:
+        if not branches:
+            return otherwise
+        return case(*[(column == key, value) for key, value in branches.items()], else_=otherwise)
+
+    return by(
+        due.c.stage,
+        {
+            stage: by(
+                due.c.category,
+                {
+                    category: by(
+                        due.c.urgency,
+                        {urgency: literal(at, UTCDateTime()) for urgency, at in times.items()},
+                    )
+                    for category, times in categories.items()
+                },
+            )
+            for stage, categories in tree.items()
+        },
+    )
 
 
 def _escalation_steps(
@@ -412,47 +446,30 @@ def _escalation_steps(
     """The ``step`` CTE: one page of due clocks (oldest first; on PostgreSQL claimed with
     ``FOR UPDATE SKIP LOCKED``), each with the level, handler and escalation time it moves to.
 
-    On PostgreSQL each due clock's request is read through a ``LATERAL`` subquery that cannot
-    be flattened (``OFFSET 0``): one primary-key probe per clock, in the due index's order,
-    however many are due (as a plain join, the planner hashes the whole requests table as soon
-    as a few times a page are due).  Who is responsible above a request is looked up once per
-    distinct chain of ancestors in the page (a few hundred index probes), not once per request:
-    ``chain`` is materialized and joined back, so the lookups do not run again for every row
-    that uses them."""
-    wanted = (
-        requests.c.category,
-        requests.c.urgency,
-        requests.c.community_id,
-        requests.c.street_id,
-        requests.c.district_id,
-        requests.c.city_id,
-    )
-    request: Any
-    if postgres:
-        request = select(*wanted).where(requests.c.id == clocks.c.request_id).offset(0).lateral("r")
-        due_from = clocks.join(request, true())
-    else:
-        request = select(requests.c.id, *wanted).subquery("r")
-        due_from = clocks.join(request, request.c.id == clocks.c.request_id)
+    A page reads clock rows only: the clock carries the category and urgency (the window)
+    and its place, the lowest ancestor of the request's region.  Requests of one place share
+    their chain of ancestors (region ids are unique across levels, and a node's ancestors are
+    fixed), so the chain is read from one request per place, and who is responsible at each
+    level of it is looked up once per place in the page (a few hundred index probes), not once
+    per request: ``chain`` is materialized and joined back, so the lookups do not run again
+    for every row that uses them.  On PostgreSQL that one request is read through a
+    ``LATERAL`` subquery that cannot be flattened (``OFFSET 0``): a primary-key probe per
+    place, never a hash of the whole requests table."""
     due_query = (
         select(
             clocks.c.request_id,
             clocks.c.level.label("old_level"),
             clocks.c.stage,
-            *[request.c[c.name] for c in wanted],
-            # The lowest ancestor a request has names its whole chain (region ids are unique
-            # across levels, and a node's ancestors are fixed): one join key for the lookups.
-            func.coalesce(
-                request.c.community_id,
-                request.c.street_id,
-                request.c.district_id,
-                request.c.city_id,
-                0,
-            ).label("place"),
+            clocks.c.escalate_at.label("was_due"),
+            clocks.c.category,
+            clocks.c.urgency,
+            func.coalesce(clocks.c.place_id, 0).label("place"),
             *([clock_tid.label("tid")] if postgres else []),
         )
-        .select_from(due_from)
-        .where(clocks.c.escalate_at <= now)
+        .where(
+            clocks.c.escalate_at <= now,
+            clocks.c.escalate_at >= bindparam("due_from", type_=UTCDateTime()),
+        )
         .order_by(clocks.c.escalate_at)
         .limit(batch)
     )
@@ -460,21 +477,30 @@ def _escalation_steps(
         due_query = due_query.with_for_update(of=clocks, skip_locked=True)
     due = due_query.cte("due").prefix_with("MATERIALIZED")
     places = (
-        select(due.c.place, due.c.community_id, due.c.street_id, due.c.district_id, due.c.city_id)
-        .distinct()
+        select(due.c.place, func.min(due.c.request_id).label("one"))
+        .group_by(due.c.place)
         .subquery("places")
     )
+    ancestors = [requests.c[name] for name in PLACE_COLUMNS]
+    request: Any
+    if postgres:
+        request = select(*ancestors).where(requests.c.id == places.c.one).offset(0).lateral("r")
+        places_from = places.join(request, true())
+    else:
+        request = select(requests.c.id, *ancestors).subquery("r")
+        places_from = places.join(request, request.c.id == places.c.one)
     chain = (
         select(
             places.c.place,
             func.coalesce(
-                _responsible(places.c.community_id, Role.ADMIN),
-                _responsible(places.c.community_id, Role.WARDEN),
+                _responsible(request.c.community_id, Role.ADMIN),
+                _responsible(request.c.community_id, Role.WARDEN),
             ).label("community_pid"),
-            _responsible(places.c.street_id, Role.ADMIN).label("street_pid"),
-            _responsible(places.c.district_id, Role.ADMIN).label("district_pid"),
-            _responsible(places.c.city_id, Role.ADMIN).label("city_pid"),
+            _responsible(request.c.street_id, Role.ADMIN).label("street_pid"),
+            _responsible(request.c.district_id, Role.ADMIN).label("district_pid"),
+            _responsible(request.c.city_id, Role.ADMIN).label("city_pid"),
         )
+        .select_from(places_from)
         .cte("chain")
         .prefix_with("MATERIALIZED")
     )
@@ -500,6 +526,7 @@ def _escalation_steps(
             ),
             case(*[(cond, pid) for cond, _, pid in steps], else_=None).label("new_handler"),
             _window_case(due, windows, default_due).label("next_due"),
+            due.c.was_due,
             *([due.c.tid] if postgres else []),
         )
         .join_from(due, chain, chain.c.place == due.c.place)
@@ -595,6 +622,21 @@ async def escalate_due(
     return await page.run(conn)
 
 
+# For the page's transaction only (one round trip):
+# * no JIT: a plan this size looks expensive enough for JIT compilation, which costs more than
+#   the statement itself;
+# * no wait for the WAL flush at commit (the statement's WAL is written all the same).  A crash
+#   in the moment after the commit can lose the page's clock moves and timeline rows together,
+#   as if the page had never run: the clocks are still due and the next sweep moves them.
+#   Nothing outside the page depends on it before a synchronous commit: the alerts for its
+#   events, and any desk action on its requests, commit synchronously, and that flush covers
+#   every earlier WAL record, so an alert or a reply never survives a crash its escalation did
+#   not.
+PAGE_SETTINGS = select(
+    func.set_config("jit", "off", true()), func.set_config("synchronous_commit", "off", true())
+)
+
+
 class EscalationPage:
     """The statements of :func:`escalate_due` for one sweep run, built once (about ten
     milliseconds of Python for the PostgreSQL one) and run page after page."""
@@ -624,23 +666,33 @@ class EscalationPage:
             ).cte("moved")
             recorded = _record_moves(moved, now).cte("recorded")
             self.statement: Any = (
-                select(func.count(), func.sum(case((moved.c.escalate_at.is_(None), 1), else_=0)))
+                select(
+                    func.count(),
+                    func.sum(case((moved.c.escalate_at.is_(None), 1), else_=0)),
+                    select(func.max(step.c.was_due)).scalar_subquery(),
+                )
                 .select_from(moved)
                 .add_cte(recorded)
             )
         else:
             self.statement = move.returning(clocks.c.request_id, clocks.c.escalate_at)
 
-    async def run(self, conn: AsyncConnection) -> Moved:
-        """One page, in the caller's transaction."""
+    async def run(self, conn: AsyncConnection, *, due_from: datetime = EARLIEST_DUE) -> Moved:
+        """One page, in the caller's transaction, of the clocks due from ``due_from`` on.
+
+        A page's walk of the due index starts at ``due_from``: a sweep passes the latest
+        escalation time its pages claimed, so that a page does not step over the index entries
+        of the clocks the pages before it moved (dead until vacuumed; a walk from the start
+        grows with every page).  Clocks before it were claimed by those pages or skipped as
+        held by somebody else; a clock such a holder gives back unmoved is due for the next
+        sweep."""
+        params = {"due_from": due_from}
         if self.postgres:
-            # A plan this size looks expensive enough for JIT compilation, which costs more
-            # than the statement itself.
-            await conn.execute(text("SET LOCAL jit = off"))
-            row = (await conn.execute(self.statement)).one()
-            return Moved(int(row[0]), int(row[1] or 0))
+            await conn.execute(PAGE_SETTINGS)
+            row = (await conn.execute(self.statement, params)).one()
+            return Moved(int(row[0]), int(row[1] or 0), row[2])
         # SQLite: the timeline rows are written from the moved clocks, read back by id.
-        moved_rows = list(await conn.execute(self.statement))
+        moved_rows = list(await conn.execute(self.statement, params))
         if moved_rows:
             ids = [r.request_id for r in moved_rows]
             moved = select(clocks).where(among(conn, clocks.c.request_id, ids)).subquery("moved")
@@ -653,6 +705,19 @@ async def any_due(conn: AsyncConnection, *, now: datetime) -> bool:
     the due index (a ``LIMIT 1`` filter could be planned as a scan when statistics are old)."""
     earliest = (await conn.execute(select(func.min(clocks.c.escalate_at)))).scalar()
     return earliest is not None and earliest <= now
+
+
+async def more_due_than(conn: AsyncConnection, *, now: datetime, count: int) -> bool:
+    """Whether more than ``count`` clocks are due: a walk of at most ``count + 1`` entries of
+    the due index (an index-only scan of a few milliseconds for a page's worth)."""
+    first = (
+        select(literal(1))
+        .where(clocks.c.escalate_at <= now)
+        .order_by(clocks.c.escalate_at)
+        .limit(count + 1)
+        .subquery("first")
+    )
+    return int((await conn.execute(select(func.count()).select_from(first))).scalar_one()) > count
 
 
 # -- escalation alerts -----------------------------------------------------------------------
@@ -730,68 +795,107 @@ async def unalerted_escalations(
     conn: AsyncConnection, *, after: int, upto: int
 ) -> list[EscalationAlert]:
     """The escalation events with ids in (``after``, ``upto``] grouped per handler and kind:
-    one alert each.  Two small queries: the first ``ALERT_NUMBERS`` events of every group (with
-    the group's size, read by a window over the event id range), then their request numbers
-    and the first request's next escalation time by primary key."""
-    group = (events.c.person_id, events.c.kind)
-    ranked = (
-        select(
-            events.c.id,
-            events.c.request_id,
-            events.c.person_id,
-            events.c.kind,
-            events.c.level,
-            func.row_number().over(partition_by=group, order_by=events.c.id).label("rn"),
-            func.count().over(partition_by=group).label("size"),
-        )
-        .where(
-            events.c.id > after,
-            events.c.id <= upto,
-            events.c.kind.in_(ESCALATION_KINDS),
-            events.c.person_id.is_not(None),
-        )
-        .subquery("ranked")
-    )
-    heads = list(
-        await conn.execute(
-            select(ranked)
-            .where(ranked.c.rn <= ALERT_NUMBERS)
-            .order_by(ranked.c.person_id, ranked.c.kind, ranked.c.rn)
-        )
-    )
-    if not heads:
+    one alert each.  A query for every group's size and first ``ALERT_NUMBERS`` event ids,
+    then those events, their request numbers and the first request's next escalation time,
+    each by primary key (a join of the three is planned as hashes of whole tables)."""
+    groups = await _alert_groups(conn, after=after, upto=upto)
+    if not groups:
         return []
-    ids = sorted({r.request_id for r in heads})
+    heads = {
+        r.id: r
+        for r in await conn.execute(
+            select(events.c.id, events.c.request_id, events.c.level).where(
+                among(conn, events.c.id, [i for *_, ids in groups for i in ids])
+            )
+        )
+    }
     numbers = dict(
         (r.id, r.number)
         for r in await conn.execute(
-            select(requests.c.id, requests.c.number).where(among(conn, requests.c.id, ids))
+            select(requests.c.id, requests.c.number).where(
+                among(conn, requests.c.id, sorted({r.request_id for r in heads.values()}))
+            )
         )
     )
+    firsts = [heads[ids[0]].request_id for *_, ids in groups]
     due = dict(
         (r.request_id, r.escalate_at)
         for r in await conn.execute(
             select(clocks.c.request_id, clocks.c.escalate_at).where(
-                among(conn, clocks.c.request_id, [r.request_id for r in heads if r.rn == 1])
+                among(conn, clocks.c.request_id, firsts)
             )
         )
     )
     alerts = []
-    for (person_id, kind), rows in groupby(heads, key=lambda r: (r.person_id, r.kind)):
-        members = list(rows)
-        first = members[0]
+    for person_id, kind, size, ids in groups:
+        first = heads[ids[0]]
         alerts.append(
             EscalationAlert(
                 handler_id=person_id,
                 escalated=kind == "escalated",
-                count=int(first.size),
+                count=size,
                 first_event_id=first.id,
                 level=first.level,
                 due=due.get(first.request_id),
-                numbers=tuple(numbers[r.request_id] for r in members),
+                numbers=tuple(numbers[heads[i].request_id] for i in ids),
             )
         )
     return alerts
+
+
+async def _alert_groups(
+    conn: AsyncConnection, *, after: int, upto: int
+) -> list[tuple[int, str, int, list[int]]]:
+    """(handler, kind, number of events, the first ``ALERT_NUMBERS`` event ids in order) of
+    the escalation events with ids in (``after``, ``upto``], ordered by handler and kind.
+
+    PostgreSQL: one aggregate (a sort by handler and kind, then a small sort per group), with
+    memory for the sort of a large window (200,000 events are some 17 MB) so that it does
+    not spill to disk; a window function over the whole range, which sorts every event's full
+    row, costs three times as much.  SQLite, which has no arrays, ranks with a window."""
+    in_range = (
+        events.c.id > after,
+        events.c.id <= upto,
+        events.c.kind.in_(ESCALATION_KINDS),
+        events.c.person_id.is_not(None),
+    )
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SET LOCAL work_mem = '32MB'"))
+        first_ids = postgresql.array_agg(postgresql.aggregate_order_by(events.c.id, events.c.id))
+        rows = await conn.execute(
+            select(
+                events.c.person_id,
+                events.c.kind,
+                func.count().label("size"),
+                first_ids[1:ALERT_NUMBERS].label("ids"),
+            )
+            .where(*in_range)
+            .group_by(events.c.person_id, events.c.kind)
+            .order_by(events.c.person_id, events.c.kind)
+        )
+        return [(r.person_id, r.kind, int(r.size), list(r.ids)) for r in rows]
+    group = (events.c.person_id, events.c.kind)
+    ranked = (
+        select(
+            events.c.id,
+            events.c.person_id,
+            events.c.kind,
+            func.row_number().over(partition_by=group, order_by=events.c.id).label("rn"),
+            func.count().over(partition_by=group).label("size"),
+        )
+        .where(*in_range)
+        .subquery("ranked")
+    )
+    heads = await conn.execute(
+        select(ranked)
+        .where(ranked.c.rn <= ALERT_NUMBERS)
+        .order_by(ranked.c.person_id, ranked.c.kind, ranked.c.rn)
+    )
+    return [
+        (person_id, kind, int(members[0].size), [r.id for r in members])
+        for (person_id, kind), rows in groupby(heads, key=lambda r: (r.person_id, r.kind))
+        for members in [list(rows)]
+    ]
 
 
 async def close_unanswered(

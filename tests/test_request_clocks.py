@@ -1,7 +1,8 @@
 """Escalation clocks of residents' requests, on SQLite and PostgreSQL: the clock follows every
 change of the request, the sweep moves it in set-based pages that are safe to run many at once,
-to repeat after a crash, and alongside a handler who holds the request; the migration that
-introduced the clocks moves existing requests onto them (and back)."""
+to repeat after a crash, and alongside a handler who holds the request; the migrations that
+introduced the clocks and their copies of the request's columns move existing requests onto
+them (and back)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from test_requests import (
 )
 
 from bot.config import RequestsConfig
-from flows.requests import Desk, sweep_deadlines
+from flows.requests import Desk, local_time, sweep_deadlines
 from flows.texts import Texts
 from storage import repo
 from storage import requests_repo as rq
@@ -120,6 +121,35 @@ async def test_clock_follows_accept_transfer_resolve_reopen_and_close(
     req, c = await request_row(db, number), await clock(db, number)
     assert req.status == "closed"
     assert (c.stage, c.escalate_at, c.level, c.handler_id) == (None, None, "grid", other_warden)
+
+
+async def test_clock_copies_follow_a_transfer_and_the_sweep_climbs_the_new_chain(
+    make_config, start_app, demo, db
+):
+    """The clock's copies of category, urgency and place move with the request, so that a
+    request transferred to another street escalates to that street's admin."""
+    client, _ = await start_app(make_config())
+    east_admin = await new_staff(db, "东湖街道管理员", Role.ADMIN, "S01")
+    south_admin = await new_staff(db, "南岸街道管理员", Role.ADMIN, "S02")
+    resident = await resident_in(db, demo, "G0101")
+    number = await file_direct(db, resident, category="medical", urgency="normal")
+    req, c = await request_row(db, number), await clock(db, number)
+    assert (c.category, c.urgency, c.place_id) == ("medical", "normal", req.community_id)
+
+    assert "已转交" in await say(client, demo.admin_id, f"{number} 转交 G0201")
+    req, c = await request_row(db, number), await clock(db, number)
+    async with db.read() as conn:
+        community = await repo.get_region_by_code(conn, "C0201")
+    assert community is not None and req.community_id == community.id
+    assert (c.category, c.urgency, c.place_id) == ("medical", "normal", community.id)
+
+    # nobody answers for C0201: the grid's request goes up to its street, S02
+    late = req.accept_due_at + timedelta(minutes=1)
+    report = await sweep_deadlines(db, Texts(), make_config(), now=late)
+    assert (report.escalated, report.exhausted) == (1, 0)
+    c = await clock(db, number)
+    assert (c.level, c.handler_id) == ("street", south_admin)
+    assert c.handler_id != east_admin
 
 
 async def test_volunteer_delivery_stops_the_clock(make_config, start_app, demo, db):
@@ -241,6 +271,92 @@ async def test_a_run_that_died_after_its_pages_is_alerted_by_the_next_run(
     assert (await sweep_deadlines(db, Texts(), config, now=now)).alerts == 0
 
 
+async def test_a_page_walks_the_due_clocks_from_where_the_pages_before_it_stopped(demo, db):
+    """A page starts at ``due_from`` and, on PostgreSQL, reports the latest escalation time
+    it claimed (where the sweep's next page starts); clocks before ``due_from`` wait for the
+    next sweep.  SQLite pages report none: its one worker always walks from the start."""
+    t0 = utcnow()
+    ids = []
+    for n in range(4):
+        number = await file_direct(db, await resident_in(db, demo, "G0101", n), now=t0)
+        ids.append((await request_row(db, number)).id)
+    async with db.write() as conn:  # clock n due at t0 + n minutes
+        for n, request_id in enumerate(ids):
+            await conn.execute(
+                clocks_t.update()
+                .where(clocks_t.c.request_id == request_id)
+                .values(escalate_at=t0 + timedelta(minutes=n))
+            )
+    now = t0 + timedelta(hours=1)
+    page = rq.EscalationPage(
+        postgres=not db.is_sqlite, now=now, windows={}, default_due=now, batch=2
+    )
+    async with db.write() as conn:
+        moved = await page.run(conn, due_from=t0 + timedelta(minutes=1))
+    assert moved.count == 2
+    assert moved.last_due == (None if db.is_sqlite else t0 + timedelta(minutes=2))
+    async with db.read() as conn:
+        rows = await conn.execute(select(clocks_t.c.request_id, clocks_t.c.escalations))
+        escalations = {r.request_id: r.escalations for r in rows}
+    assert [escalations[i] for i in ids] == [0, 1, 1, 0]
+    async with db.write() as conn:
+        assert (await page.run(conn)).count == 2  # from the start: the first and the last
+
+
+async def test_more_due_than_counts_only_clocks_whose_time_has_come(demo, db):
+    t0 = utcnow()
+    for n in range(5):
+        await file_direct(db, await resident_in(db, demo, "G0101", n), now=t0 + timedelta(hours=n))
+    # each is due an hour after filing: at t0 + 4h30, the first four are due, the fifth is not
+    now = t0 + timedelta(hours=4, minutes=30)
+    async with db.read() as conn:
+        assert await rq.more_due_than(conn, now=now, count=3)
+        assert not await rq.more_due_than(conn, now=now, count=4)
+        assert not await rq.more_due_than(conn, now=t0, count=0)
+
+
+async def test_one_alert_per_handler_names_the_first_requests_in_timeline_order(
+    make_config, start_app, demo, db
+):
+    """The alert counts every escalation to its handler, lists the request numbers of the
+    first few escalation events in timeline order ("等" when there are more), and the next
+    escalation time of the first."""
+    config = make_config(requests={"sweep_batch": 3})
+    await start_app(config)
+    admin = await new_staff(db, "社区书记", Role.ADMIN, "C0101")
+    t0 = utcnow()
+    numbers = {}
+    for n in range(8):
+        number = await file_direct(
+            db, await resident_in(db, demo, "G0101", n % 2), now=t0 + timedelta(seconds=n)
+        )
+        numbers[(await request_row(db, number)).id] = number
+    report = await sweep_deadlines(db, Texts(), config, now=t0 + timedelta(minutes=61))
+    assert (report.escalated, report.alerts) == (8, 1)
+    async with db.read() as conn:
+        timeline = list(
+            await conn.execute(
+                select(events_t.c.id, events_t.c.request_id)
+                .where(events_t.c.kind == "escalated")
+                .order_by(events_t.c.id)
+            )
+        )
+        (key, payload), *others = list(
+            await conn.execute(
+                select(outbox_t.c.key, outbox_t.c.payload).where(
+                    outbox_t.c.key.like("request-escalated:%")
+                )
+            )
+        )
+    assert others == []
+    assert key == f"request-escalated:{admin}:e{timeline[0].id}"
+    first = [numbers[e.request_id] for e in timeline[:5]]
+    assert "8件诉求" in payload["text"]
+    assert f"{'、'.join(first)}等。" in payload["text"]
+    first_clock = await clock(db, first[0])
+    assert local_time(first_clock.escalate_at, config.tz) in payload["text"]
+
+
 async def test_a_page_rolled_back_by_a_crash_leaves_everything_due_for_the_next_sweep(
     make_config, start_app, demo, db
 ):
@@ -334,12 +450,19 @@ OLD_REQUESTS = [
     ("Q20261128-0003", "resolved", "community", 4, None, 1),
     ("Q20261128-0004", "closed", "city", 7, None, 4),
 ]
+# category, urgency, community, street of each old request (and what its clock copies)
+OLD_PLACES = [
+    ("medical", "urgent", 40, 30),
+    ("supplies", "normal", None, 30),
+    ("other", "normal", 41, 30),
+    ("daily", "urgent", None, None),
+]
 INSERT_OLD_REQUEST = text(
-    "INSERT INTO requests (id, number, resident_id, region_id, category, urgency, description, "
-    "attachments, channel, status, level, handler_id, accept_due_at, resolve_due_at, "
-    "escalate_at, escalations, reopen_count, created_at) VALUES (:id, :number, 1, 1, 'other', "
-    "'normal', 'x', '[]', 'sim', :status, :level, :handler, :now, :now, :escalate_at, "
-    ":escalations, 0, :now)"
+    "INSERT INTO requests (id, number, resident_id, region_id, community_id, street_id, "
+    "category, urgency, description, attachments, channel, status, level, handler_id, "
+    "accept_due_at, resolve_due_at, escalate_at, escalations, reopen_count, created_at) "
+    "VALUES (:id, :number, 1, 1, :community, :street, :category, :urgency, 'x', '[]', 'sim', "
+    ":status, :level, :handler, :now, :now, :escalate_at, :escalations, 0, :now)"
 )
 
 
@@ -365,10 +488,15 @@ async def _file_old_requests(url: str, now: datetime) -> None:
                 OLD_REQUESTS, start=1
             ):
                 due = None if minutes is None else now + timedelta(minutes=minutes)
+                category, urgency, community, street = OLD_PLACES[i - 1]
                 await conn.execute(
                     INSERT_OLD_REQUEST,
                     {
                         "id": i,
+                        "category": category,
+                        "urgency": urgency,
+                        "community": community,
+                        "street": street,
                         "number": number,
                         "status": status,
                         "level": level,
@@ -424,6 +552,19 @@ async def _check_migration(url: str) -> None:
     assert rows == [(1, 10 * len(OLD_REQUESTS))]
     _, columns = await _read(url, "SELECT * FROM requests WHERE 1 = 0")
     assert not columns & {"level", "handler_id", "escalate_at", "escalations"}
+    # the clock's copies of what the sweep needs: category, urgency, lowest ancestor
+    rows, _ = await _read(
+        url, "SELECT category, urgency, place_id FROM request_clocks ORDER BY request_id"
+    )
+    assert rows == [
+        (cat, urgency, community or street) for cat, urgency, community, street in OLD_PLACES
+    ]
+
+    await asyncio.to_thread(command.downgrade, cfg, "0006_request_clocks")
+    _, columns = await _read(url, "SELECT * FROM request_clocks WHERE 1 = 0")
+    assert not columns & {"category", "urgency", "place_id"}
+    rows, _ = await _read(url, "SELECT request_id, level FROM request_clocks ORDER BY request_id")
+    assert rows == [(i, old[2]) for i, old in enumerate(OLD_REQUESTS, start=1)]
 
     await asyncio.to_thread(command.downgrade, cfg, "request_clocks@-1")
     rows, _ = await _read(
