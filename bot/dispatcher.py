@@ -400,8 +400,8 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
         # After the locks: a message another process logged while we waited is seen here.
         for channel, messages in by_channel.items():
             params = {"channel": channel, "keys": [m.dedupe_key for m in messages]}
-            for row in await conn.execute(self._logs_select, params):
-                stored[(channel, row.dedupe_key)] = row.replies
+            for dedupe_key, replies in await conn.execute(self._logs_select, params):
+                stored[(channel, dedupe_key)] = replies
         return _Batch(people, groups, states, stored)
 
     async def run(self, conn: AsyncConnection, shared: _Batch, item: _Work) -> Any:
