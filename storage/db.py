@@ -377,24 +377,31 @@ class GroupCommitter:
 
     async def run(self, job: Job[T], *, lane_key: str = "") -> T:
         """Queue ``job`` and wait until its batch has committed; returns its result."""
-        return await self._queue(_Pending(job, self._new_future()), lane_key)
+        result: T = await self._queue(_Pending(job, self._new_future()), lane_key)
+        return result
 
     async def run_step(
         self, step: BatchStep[ItemT, Any, T], item: ItemT, *, lane_key: str = ""
     ) -> T:
         """Queue ``item`` for ``step`` (see :class:`BatchStep`) and wait for its result."""
-        return await self._queue(_Pending(None, self._new_future(), step, item), lane_key)
+        return await self.submit_step(step, item, lane_key=lane_key)
+
+    def submit_step(
+        self, step: BatchStep[ItemT, Any, T], item: ItemT, *, lane_key: str = ""
+    ) -> asyncio.Future[T]:
+        """Queue ``item`` for ``step``; the future of its result (no task needed to wait)."""
+        return self._queue(_Pending(None, self._new_future(), step, item), lane_key)
 
     def _new_future(self) -> asyncio.Future[Any]:
         if not self._tasks:
             raise RuntimeError("GroupCommitter.run() before start()")
         return asyncio.get_running_loop().create_future()
 
-    async def _queue(self, pending: _Pending, lane_key: str) -> Any:
+    def _queue(self, pending: _Pending, lane_key: str) -> asyncio.Future[Any]:
         lanes = self._lanes
         lane = lanes[zlib.crc32(lane_key.encode()) % len(lanes)] if len(lanes) > 1 else lanes[0]
         lane.queue.put_nowait(pending)
-        return await pending.future
+        return pending.future
 
     async def _run_lane(self, lane: _Lane) -> None:
         queue = lane.queue
