@@ -86,15 +86,15 @@ class Handled:
 @dataclass(slots=True)
 class _InFlight:
     """A message being handled in this process.  Repeats of it that arrive meanwhile (a
-    platform retry) wait for the same task instead of running the chain again.
+    platform retry) wait for the same outcome instead of running the chain again.
 
     The replies go out exactly one way, decided synchronously in the event loop: ``inline``
-    when an attempt is still waiting as the task finishes (every waiting attempt answers
+    when an attempt is still waiting as the outcome arrives (every waiting attempt answers
     with them), else ``outbox`` (the first attempt ran out of its budget and nobody else was
     waiting), after which repeats answer nothing because the replies are on their way.
     """
 
-    task: asyncio.Future[Handled]
+    outcome: asyncio.Future[Handled]
     claimed: str | None = None
 
 
@@ -135,6 +135,21 @@ def _time_out(answer: asyncio.Future[bool | None]) -> None:
         answer.set_result(None)
 
 
+def _pass_on(source: asyncio.Future[Handled], target: asyncio.Future[Handled]) -> None:
+    """Give ``target`` the outcome of ``source`` (done)."""
+    if source.cancelled():
+        target.cancel()
+    elif (failure := source.exception()) is not None:
+        target.set_exception(failure)
+    else:
+        target.set_result(source.result())
+
+
+def _lane_key(inbound: Inbound) -> str:
+    """Messages of one sender share a group-commit lane, so they are handled in order."""
+    return f"{inbound.channel}:{inbound.sender_id}"
+
+
 class Dispatcher(BatchStep[_Work, _Batch, Any]):
     """Runs the middleware chain for each inbound message."""
 
@@ -159,6 +174,7 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
         self.features = frozenset(router.features)
         self.on_queued: Callable[[], None] = lambda: None
         self._late: set[asyncio.Future[Any]] = set()
+        self._recovering: set[asyncio.Future[Handled]] = set()
         self._in_flight: dict[tuple[str, str], _InFlight] = {}
         self._conv_insert = db.insert_ignore(repo.conversations)
         self._outbox_insert = db.insert_ignore(outbox)
@@ -228,19 +244,19 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
         loop = asyncio.get_running_loop()
         flight = self._in_flight.get(key)
         if flight is None:
-            flight = _InFlight(asyncio.ensure_future(self._run_chain(inbound)))
+            flight = _InFlight(self._start_chain(inbound))
             self._in_flight[key] = flight
             # Runs before any waiter's callback; _settle itself runs after all of them.
-            flight.task.add_done_callback(
+            flight.outcome.add_done_callback(
                 lambda _: loop.call_soon(self._settle, key, flight, inbound)
             )
-        # (A repeat arriving while the first attempt is in flight waits for the same task.)
+        # (A repeat arriving while the first attempt is in flight waits for the same outcome.)
         answer: asyncio.Future[bool | None] = loop.create_future()
 
-        def on_done(task: asyncio.Future[Handled]) -> None:
+        def on_done(outcome: asyncio.Future[Handled]) -> None:
             if answer.done():  # this attempt stopped waiting
                 return
-            if task.cancelled() or task.exception() is not None:
+            if outcome.cancelled() or outcome.exception() is not None:
                 answer.set_result(None)
                 return
             if flight.claimed is None:
@@ -250,46 +266,61 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
         timer = None
         if budget is not None:
             timer = loop.call_later(budget, _time_out, answer)
-        if flight.task.done():
-            on_done(flight.task)
+        if flight.outcome.done():
+            on_done(flight.outcome)
         else:
-            flight.task.add_done_callback(on_done)
+            flight.outcome.add_done_callback(on_done)
         try:
             inline = await answer
         finally:
             if timer is not None:
                 timer.cancel()
         if inline is None:
-            if flight.task.done():
-                flight.task.result()  # raises the failure
-            self._late.add(flight.task)  # for drain()
-            flight.task.add_done_callback(self._late.discard)
+            if flight.outcome.done():
+                flight.outcome.result()  # raises the failure
+            self._late.add(flight.outcome)  # for drain()
+            flight.outcome.add_done_callback(self._late.discard)
             return None
-        return flight.task.result().replies if inline else []
+        return flight.outcome.result().replies if inline else []
 
-    async def _run_chain(self, inbound: Inbound) -> Handled:
-        """Steps 1-5 in one group-commit job; the error step around it.
+    def _start_chain(self, inbound: Inbound) -> asyncio.Future[Handled]:
+        """Steps 1-5 in one group-commit job; the error step if it fails (:meth:`_recover`).
 
-        A failing handler fails its job, whose batch is rolled back (and its other jobs run
-        again without it); the message is then logged with the apology in a second, tiny job,
-        so that a platform retry gets the same apology instead of running the handler again.
+        The job's result is the message's outcome, passed on by a callback: no task of its
+        own for a message unless its job fails.
         """
-        lane = f"{inbound.channel}:{inbound.sender_id}"
-        try:
-            result: Handled = await self.committer.run_step(
-                self, _Work("handle", inbound), lane_key=lane
-            )
-            return result
-        except sa_exc.IntegrityError as exc:
+        job = self.committer.submit_step(
+            self, _Work("handle", inbound), lane_key=_lane_key(inbound)
+        )
+        outcome: asyncio.Future[Handled] = asyncio.get_running_loop().create_future()
+
+        def on_job_done(job: asyncio.Future[Handled]) -> None:
+            failure = None if job.cancelled() else job.exception()
+            if not isinstance(failure, Exception):
+                _pass_on(job, outcome)
+                return
+            recovery = asyncio.ensure_future(self._recover(inbound, failure))
+            self._recovering.add(recovery)
+            recovery.add_done_callback(self._recovering.discard)
+            recovery.add_done_callback(lambda _: _pass_on(recovery, outcome))
+
+        job.add_done_callback(on_job_done)
+        return outcome
+
+    async def _recover(self, inbound: Inbound, failure: Exception) -> Handled:
+        """The error step, after the message's job failed and its batch was rolled back.
+
+        The message is then logged with the apology in a second, tiny job, so that a platform
+        retry gets the same apology instead of running the handler again.
+        """
+        lane = _lane_key(inbound)
+        if isinstance(failure, sa_exc.IntegrityError):
             # Most likely another process logged the same message first: answer as it did.
             seen: Handled | None = await self.committer.run_step(
                 self, _Work("replay", inbound), lane_key=lane
             )
             if seen is not None:
                 return seen
-            failure: Exception = exc
-        except Exception as exc:
-            failure = exc
         self.errors.report(
             failure,
             where="dispatcher",
@@ -313,11 +344,11 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
     def _settle(self, key: tuple[str, str], flight: _InFlight, inbound: Inbound) -> None:
         """After every attempt waiting for ``flight`` has had its answer: if none took the
         replies inline, they go out through the outbox."""
-        task = flight.task
-        if task.cancelled() or task.exception() is not None:
+        outcome = flight.outcome
+        if outcome.cancelled() or outcome.exception() is not None:
             self._in_flight.pop(key, None)
             return
-        handled = task.result()
+        handled = outcome.result()
         if handled.queued:
             self.on_queued()
         if flight.claimed is not None or handled.duplicate:
@@ -330,7 +361,7 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
             self.committer.run_step(
                 self,
                 _Work("queue_late", inbound, handled.replies),
-                lane_key=f"{inbound.channel}:{inbound.sender_id}",
+                lane_key=_lane_key(inbound),
             )
         )
         self._late.add(follow_up)
@@ -400,8 +431,8 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
         # After the locks: a message another process logged while we waited is seen here.
         for channel, messages in by_channel.items():
             params = {"channel": channel, "keys": [m.dedupe_key for m in messages]}
-            for row in await conn.execute(self._logs_select, params):
-                stored[(channel, row.dedupe_key)] = row.replies
+            for dedupe_key, replies in await conn.execute(self._logs_select, params):
+                stored[(channel, dedupe_key)] = replies
         return _Batch(people, groups, states, stored)
 
     async def run(self, conn: AsyncConnection, shared: _Batch, item: _Work) -> Any:
@@ -518,7 +549,7 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
             group=group,
             features=self.features,
         )
-        # 4. errors: see _run_chain.  5. handler
+        # 4. errors: see _recover.  5. handler
         await self._route(ctx)
         if ctx.person is not None and person is None:
             # Registered during this message: the conversation moves to the person.

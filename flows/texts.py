@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,25 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, sel
 TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "templates"
 
 
+class _Environment(Environment):
+    """An environment whose globals never change once templates are loaded.
+
+    Each template's globals are then a plain dict instead of Jinja2's ``ChainMap`` over the
+    environment's (kept live for globals added later), which it iterates key by key for every
+    render and every ``include``: about a third of the time of a short text.
+    """
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        return {**self.globals, **(d or {})}
+
+
 class Texts:
     """Renders chat text templates (``name`` without the ``.j2`` suffix), zh_CN first."""
 
     def __init__(self, root: Path = TEMPLATE_ROOT, locale: str = "zh_CN") -> None:
         # Templates ship with the code: compiled once, never checked for changes on disk (a
         # check is a stat() per template per message).
-        self.env = Environment(
+        self.env = _Environment(
             auto_reload=False,
             loader=FileSystemLoader([str(root / locale), str(root / "zh_CN")]),
             autoescape=select_autoescape(enabled_extensions=("html",), default=False),

@@ -203,6 +203,11 @@ def each_of(name: str, item_type: TypeEngine[Any] | None = None) -> Any:
     return func.unnest(bindparam(name, type_=array)).table_valued("key").render_derived("wanted")
 
 
+def _json_dumps(value: Any) -> str:
+    # Chinese text as itself, not as \uXXXX escapes: half the bytes to encode, store and log.
+    return json.dumps(value, ensure_ascii=False)
+
+
 class Database:
     """The application's database: an async engine plus the transaction helpers."""
 
@@ -214,14 +219,22 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
                 self.engine = create_async_engine(
-                    url, async_creator=_sqlite_connector(parsed.database)
+                    url,
+                    async_creator=_sqlite_connector(parsed.database),
+                    json_serializer=_json_dumps,
                 )
             else:
-                self.engine = create_async_engine(url, connect_args={"timeout": 30})
+                self.engine = create_async_engine(
+                    url, connect_args={"timeout": 30}, json_serializer=_json_dumps
+                )
             _configure_sqlite(self.engine)
         else:
             self.engine = create_async_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                json_serializer=_json_dumps,
             )
 
     @asynccontextmanager
@@ -364,24 +377,31 @@ class GroupCommitter:
 
     async def run(self, job: Job[T], *, lane_key: str = "") -> T:
         """Queue ``job`` and wait until its batch has committed; returns its result."""
-        return await self._queue(_Pending(job, self._new_future()), lane_key)
+        result: T = await self._queue(_Pending(job, self._new_future()), lane_key)
+        return result
 
     async def run_step(
         self, step: BatchStep[ItemT, Any, T], item: ItemT, *, lane_key: str = ""
     ) -> T:
         """Queue ``item`` for ``step`` (see :class:`BatchStep`) and wait for its result."""
-        return await self._queue(_Pending(None, self._new_future(), step, item), lane_key)
+        return await self.submit_step(step, item, lane_key=lane_key)
+
+    def submit_step(
+        self, step: BatchStep[ItemT, Any, T], item: ItemT, *, lane_key: str = ""
+    ) -> asyncio.Future[T]:
+        """Queue ``item`` for ``step``; the future of its result (no task needed to wait)."""
+        return self._queue(_Pending(None, self._new_future(), step, item), lane_key)
 
     def _new_future(self) -> asyncio.Future[Any]:
         if not self._tasks:
             raise RuntimeError("GroupCommitter.run() before start()")
         return asyncio.get_running_loop().create_future()
 
-    async def _queue(self, pending: _Pending, lane_key: str) -> Any:
+    def _queue(self, pending: _Pending, lane_key: str) -> asyncio.Future[Any]:
         lanes = self._lanes
         lane = lanes[zlib.crc32(lane_key.encode()) % len(lanes)] if len(lanes) > 1 else lanes[0]
         lane.queue.put_nowait(pending)
-        return await pending.future
+        return pending.future
 
     async def _run_lane(self, lane: _Lane) -> None:
         queue = lane.queue

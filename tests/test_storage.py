@@ -55,6 +55,28 @@ async def test_person_roles_identity_and_scope(db, demo):
             await repo.bind_identity(conn, demo.resident_ids[0], "bridge", "w-1")
 
 
+async def test_people_read_for_a_batch_are_the_people_read_one_by_one(db, demo):
+    # Rows of the batch read are taken by position and regions shared between people: the
+    # result must still be exactly what the one-account read and load_person give.
+    accounts = {
+        "warden": demo.wardens[demo.grids[0].code],
+        "warden-2": demo.wardens[demo.grids[1].code],
+        "doctor": demo.doctor_id,
+        "resident": demo.resident_ids[0],
+        "neighbour": demo.resident_ids[1],
+    }
+    async with db.write() as conn:
+        await repo.grant_role(conn, demo.doctor_id, Role.VOLUNTEER, demo.grids[1].id)
+        for account, person_id in accounts.items():
+            await repo.bind_identity(conn, person_id, "bridge", account)
+        batch = await repo.people_by_identities(conn, "bridge", [*accounts, "nobody"])
+        one_by_one = {a: await repo.person_by_identity(conn, "bridge", a) for a in accounts}
+        loaded = {a: await repo.load_person(conn, pid) for a, pid in accounts.items()}
+    assert batch == one_by_one
+    assert {a: found[2] for a, found in batch.items()} == loaded
+    assert [s.role for s in batch["doctor"][2].scopes] == [Role.DOCTOR, Role.VOLUNTEER]
+
+
 async def test_conversation_state_round_trip(db):
     async with db.write() as conn:
         state = await repo.lock_conversation(
