@@ -204,7 +204,7 @@ def each_of(name: str, item_type: TypeEngine[Any] | None = None) -> Any:
 
 
 def _json_dumps(value: Any) -> str:
-    # Chinese text as itself, not as \uXXXX escapes: half the bytes to encode, store and log.
+    # Chinese text as itself, not as \u escapes: half the bytes to encode, store and log.
     return json.dumps(value, ensure_ascii=False)
 
 
