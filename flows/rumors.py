@@ -907,7 +907,8 @@ async def publish_clarification(
     texts: Texts,
     now: datetime,
 ) -> Delivered:
-    """Publish a draft (or a withdrawn clarification again) and tell everyone who asked."""
+    """Publish a draft (or a withdrawn clarification again) and tell everyone who asked; a
+    withdrawn one published again also goes to everyone told of the withdrawal."""
     row = await find_managed(conn, person, clarification_id)
     if row.status == ClarificationStatus.PUBLISHED:
         raise RumorRefused("already_published", 409)
@@ -926,7 +927,14 @@ async def publish_clarification(
     await _audit(conn, person, "rumor.clarification.publish", row.id, {}, version=row.version)
     fresh = await store.get_clarification(conn, row.id)
     return await deliver_current(
-        conn, db, fresh, editor=person, settings=settings, texts=texts, now=now
+        conn,
+        db,
+        fresh,
+        editor=person,
+        settings=settings,
+        texts=texts,
+        now=now,
+        republished=row.status == ClarificationStatus.WITHDRAWN,
     )
 
 
@@ -942,7 +950,8 @@ async def withdraw_clarification(
 ) -> Delivered:
     """Stop answering with a published clarification, and tell those who received it: every
     person any version was delivered to, once (key ``rumor:<id>:withdrawn:<time>:<person>``),
-    and each audience it was pushed to, as a notice (queued after commit)."""
+    and each audience it was pushed to, as a notice (queued after commit).  Those told are
+    noted, so that publishing it again tells them it is back."""
     row = await find_managed(conn, person, clarification_id)
     if row.status != ClarificationStatus.PUBLISHED:
         raise RumorRefused("not_published", 409)
@@ -965,6 +974,15 @@ async def withdraw_clarification(
         conn, row.id, after=after, limit=settings.rumors.notify_page_size
     ):
         queued = await _queue_text(conn, insert, row, ids, text, f"withdrawn:{stamp}")
+        await store.record_delivery(
+            conn,
+            db,
+            clarification_id=row.id,
+            person_ids=queued,
+            version=row.version,
+            kind=DeliveryKind.WITHDRAWN,
+            now=now,
+        )
         delivered.withdrawn += len(queued)
         after = ids[-1]
     delivered.notice_ids = await _notice_pushed_audiences(
@@ -990,12 +1008,14 @@ async def deliver_current(
     settings: Any,
     texts: Texts,
     now: datetime,
+    republished: bool = False,
 ) -> Delivered:
     """Send the published clarification ``row`` to everyone owed its current version.
 
     Askers (of attached review items) who never received it get it once; people who received
     an earlier version get this one as an update; regions an earlier version was pushed to get
-    a correction notice.  One page of people per statement.
+    a correction notice.  When it is ``republished`` after a withdrawal, the people and
+    regions told of the withdrawal are told it stands again.  One page of people per statement.
     """
     delivered = Delivered()
     page = settings.rumors.notify_page_size
@@ -1004,8 +1024,10 @@ async def deliver_current(
     update_text = texts.render("rumors/update", **values)
     insert = db.insert_ignore(store.outbox)
 
-    async def send(person_ids: list[int], text: str, kind: str) -> int:
-        queued = await _queue_text(conn, insert, row, person_ids, text, f"v{row.version}")
+    async def send(
+        person_ids: list[int], text: str, kind: str, what: str = f"v{row.version}"
+    ) -> int:
+        queued = await _queue_text(conn, insert, row, person_ids, text, what)
         await store.record_delivery(
             conn,
             db,
@@ -1029,8 +1051,31 @@ async def deliver_current(
     ):
         delivered.updated += await send(ids, update_text, DeliveryKind.UPDATE)
         after = ids[-1]
-    delivered.notice_ids = await _push_corrections(
-        conn, row, editor=editor, text=update_text, settings=settings, now=now
+    if not republished:
+        delivered.notice_ids = await _push_corrections(
+            conn, row, editor=editor, text=update_text, settings=settings, now=now
+        )
+        return delivered
+    back_text = texts.render("rumors/republished", **values)
+    stamp = int(now.timestamp() * 1000)
+    after = 0
+    while ids := await store.recipients(
+        conn, row.id, after=after, limit=page, kind=DeliveryKind.WITHDRAWN
+    ):
+        delivered.updated += await send(
+            ids, back_text, DeliveryKind.UPDATE, what=f"republished:{stamp}"
+        )
+        after = ids[-1]
+    delivered.notice_ids = await _notice_pushed_audiences(
+        conn,
+        row,
+        await store.list_pushes(conn, row.id),
+        editor=editor,
+        text=back_text,
+        settings=settings,
+        now=now,
+        via="rumor-republished",
+        record=True,
     )
     return delivered
 

@@ -70,6 +70,7 @@ class DeliveryKind(enum.StrEnum):
     ANSWER = "answer"  # the answer in chat
     NOTIFY = "notify"  # told after the clarification was published or attached
     UPDATE = "update"  # a correction of a version received earlier
+    WITHDRAWN = "withdrawn"  # told it was withdrawn (owed it again if it is published again)
 
 
 class RumorKbState(Base):

@@ -24,6 +24,7 @@ from storage.rumor_models import (
     ClarificationHistory,
     ClarificationStatus,
     Delivery,
+    DeliveryKind,
     Push,
     Question,
     ReviewItem,
@@ -409,12 +410,14 @@ async def askers_to_notify(
 async def earlier_recipients(
     conn: AsyncConnection, clarification_id: int, *, version: int, after: int, limit: int
 ) -> list[int]:
-    """People who received a version of the clarification older than ``version`` (one page)."""
+    """People who received a version of the clarification older than ``version`` and were not
+    told it was withdrawn since (one page)."""
     rows = await conn.execute(
         select(deliveries.c.person_id)
         .where(
             deliveries.c.clarification_id == clarification_id,
             deliveries.c.version < version,
+            deliveries.c.kind != DeliveryKind.WITHDRAWN,
             deliveries.c.person_id > after,
         )
         .order_by(deliveries.c.person_id)
@@ -424,16 +427,21 @@ async def earlier_recipients(
 
 
 async def recipients(
-    conn: AsyncConnection, clarification_id: int, *, after: int, limit: int
+    conn: AsyncConnection,
+    clarification_id: int,
+    *,
+    after: int,
+    limit: int,
+    kind: DeliveryKind | None = None,
 ) -> list[int]:
-    """People who received any version of the clarification (one page of ids above
-    ``after``, ascending)."""
-    rows = await conn.execute(
-        select(deliveries.c.person_id)
-        .where(deliveries.c.clarification_id == clarification_id, deliveries.c.person_id > after)
-        .order_by(deliveries.c.person_id)
-        .limit(limit)
+    """People who received any version of the clarification, or only those whose last
+    delivery was of ``kind`` (one page of ids above ``after``, ascending)."""
+    query = select(deliveries.c.person_id).where(
+        deliveries.c.clarification_id == clarification_id, deliveries.c.person_id > after
     )
+    if kind is not None:
+        query = query.where(deliveries.c.kind == kind)
+    rows = await conn.execute(query.order_by(deliveries.c.person_id).limit(limit))
     return [row.person_id for row in rows]
 
 

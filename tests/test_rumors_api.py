@@ -528,6 +528,73 @@ async def test_withdrawal_tells_everyone_who_received_it_and_the_pushed_regions(
     assert any(t.startswith("【撤回】") for t in texts)
 
 
+async def test_published_again_after_withdrawal_tells_those_told_of_the_withdrawal(
+    make_config, start_app, demo, db
+):
+    client, rt = await start_app(make_config(notices={"quiet_hours": False}))
+    token = await admin_token(db, demo)
+    inline, asker, bystander = demo.resident_ids[:3]
+    await ask_unknown(client, [asker])
+    [item] = await pending_items(client, token)
+    created = await ok(
+        await call(
+            client,
+            token,
+            "POST",
+            f"/review/{item['id']}/clarification",
+            json={**CLAIM, "publish": True},
+        ),
+        201,
+    )
+    cid = created["id"]
+    assert CLAIM["explanation"] in await say(client, inline, "这是真的吗 " + UNKNOWN_POST)
+    pushed = await ok(
+        await call(
+            client, token, "POST", f"/clarifications/{cid}/push", json={"regions": ["G0101"]}
+        ),
+        201,
+    )
+    await ok(await call(client, token, "POST", f"/clarifications/{cid}/withdraw"))
+    kinds = {r.person_id: (r.version, r.kind) for r in await rows(db, deliveries)}
+    assert kinds == {inline: (1, "withdrawn"), asker: (1, "withdrawn")}
+    # Reviewed while withdrawn: the explanation changes (version 2), nobody is told yet.
+    fixed = "经复核：该消息确为谣言，本市未开展任何无人机喷洒消毒作业。"
+    edited = await ok(
+        await call(client, token, "PATCH", f"/clarifications/{cid}", json={"explanation": fixed})
+    )
+    assert edited["version"] == 2
+    assert edited["delivered"] == {"notified": 0, "updated": 0, "correction_notices": []}
+
+    again = await ok(await call(client, token, "POST", f"/clarifications/{cid}/publish"))
+
+    assert again["status"] == "published"
+    assert again["delivered"]["notified"] == 0
+    assert again["delivered"]["updated"] == 2
+    [notice_id] = again["delivered"]["correction_notices"]
+    back = [r for r in await rumor_outbox(db, cid) if ":republished:" in r.key]
+    assert sorted(r.person_id for r in back) == sorted([inline, asker])
+    for row in back:
+        assert row.payload["text"].startswith("【重新发布】")
+        assert fixed in row.payload["text"]
+    # Told once: no separate "update" beside the notice that it stands again.
+    assert not [r for r in await rumor_outbox(db, cid) if r.key.startswith(f"rumor:{cid}:v2:")]
+    assert all(r.person_id != bystander for r in await rumor_outbox(db, cid))
+    kinds = {r.person_id: (r.version, r.kind) for r in await rows(db, deliveries)}
+    assert kinds == {inline: (2, "update"), asker: (2, "update")}
+    async with db.read() as conn:
+        notice = (await conn.execute(select(Notice.__table__).where(Notice.id == notice_id))).one()
+    assert notice.text.startswith("【重新发布】") and notice.status == "sent"
+    original = await rows(
+        db, outbox, outbox.c.ref_type == "notice", outbox.c.ref_id == pushed["notice_id"]
+    )
+    told_again = await rows(db, outbox, outbox.c.ref_type == "notice", outbox.c.ref_id == notice_id)
+    assert len(told_again) == len(original)
+
+    await rt.delivery.run_once()
+    texts = [m.text for m in await rows(db, sim_messages, sim_messages.c.target == f"sim-{asker}")]
+    assert any(t.startswith("【重新发布】") for t in texts)
+
+
 # -- push ------------------------------------------------------------------------------------
 
 
