@@ -46,7 +46,7 @@ import logging
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -969,9 +969,9 @@ async def withdraw_clarification(
     insert = db.insert_ignore(store.outbox)
     stamp = int(now.timestamp() * 1000)
     delivered = Delivered()
-    after = 0
-    while ids := await store.recipients(
-        conn, row.id, after=after, limit=settings.rumors.notify_page_size
+    page = settings.rumors.notify_page_size
+    async for ids in _id_pages(
+        lambda after: store.recipients(conn, row.id, after=after, limit=page)
     ):
         queued = await _queue_text(conn, insert, row, ids, text, f"withdrawn:{stamp}")
         await store.record_delivery(
@@ -984,7 +984,6 @@ async def withdraw_clarification(
             now=now,
         )
         delivered.withdrawn += len(queued)
-        after = ids[-1]
     delivered.notice_ids = await _notice_pushed_audiences(
         conn,
         row,
@@ -1039,45 +1038,54 @@ async def deliver_current(
         )
         return len(queued)
 
-    after = 0
-    while ids := await store.askers_to_notify(
-        conn, row.id, scope_path=row.scope_path, after=after, limit=page
+    async for ids in _id_pages(
+        lambda after: store.askers_to_notify(
+            conn, row.id, scope_path=row.scope_path, after=after, limit=page
+        )
     ):
         delivered.notified += await send(ids, notify_text, DeliveryKind.NOTIFY)
-        after = ids[-1]
-    after = 0
-    while ids := await store.earlier_recipients(
-        conn, row.id, version=row.version, after=after, limit=page
+    async for ids in _id_pages(
+        lambda after: store.earlier_recipients(
+            conn, row.id, version=row.version, after=after, limit=page
+        )
     ):
         delivered.updated += await send(ids, update_text, DeliveryKind.UPDATE)
-        after = ids[-1]
-    if not republished:
-        delivered.notice_ids = await _push_corrections(
-            conn, row, editor=editor, text=update_text, settings=settings, now=now
-        )
-        return delivered
-    back_text = texts.render("rumors/republished", **values)
-    stamp = int(now.timestamp() * 1000)
-    after = 0
-    while ids := await store.recipients(
-        conn, row.id, after=after, limit=page, kind=DeliveryKind.WITHDRAWN
-    ):
-        delivered.updated += await send(
-            ids, back_text, DeliveryKind.UPDATE, what=f"republished:{stamp}"
-        )
-        after = ids[-1]
+    if republished:
+        # Everyone told of the withdrawal, and every audience it was pushed to, hear it is back.
+        back_text = texts.render("rumors/republished", **values)
+        back = f"republished:{int(now.timestamp() * 1000)}"
+        async for ids in _id_pages(
+            lambda after: store.recipients(
+                conn, row.id, after=after, limit=page, kind=DeliveryKind.WITHDRAWN
+            )
+        ):
+            delivered.updated += await send(ids, back_text, DeliveryKind.UPDATE, what=back)
+        pushes = await store.list_pushes(conn, row.id)
+        notice_text, via = back_text, "rumor-republished"
+    else:
+        # A correction notice to each audience an earlier version was pushed to.
+        pushes = await store.pushes_before(conn, row.id, row.version)
+        notice_text, via = update_text, "rumor-update"
     delivered.notice_ids = await _notice_pushed_audiences(
         conn,
         row,
-        await store.list_pushes(conn, row.id),
+        pushes,
         editor=editor,
-        text=back_text,
+        text=notice_text,
         settings=settings,
         now=now,
-        via="rumor-republished",
+        via=via,
         record=True,
     )
     return delivered
+
+
+async def _id_pages(fetch: Callable[[int], Awaitable[list[int]]]) -> AsyncIterator[list[int]]:
+    """Pages of person ids, ascending: ``fetch(after)`` gives the page after id ``after``."""
+    after = 0
+    while ids := await fetch(after):
+        yield ids
+        after = ids[-1]
 
 
 async def _queue_text(
@@ -1099,29 +1107,6 @@ async def _queue_text(
     ]
     await enqueue(conn, rows, insert)
     return list(targets)
-
-
-async def _push_corrections(
-    conn: AsyncConnection,
-    row: Any,
-    *,
-    editor: repo.PersonInfo,
-    text: str,
-    settings: Any,
-    now: datetime,
-) -> list[int]:
-    """A correction notice to each audience an earlier version was pushed to (once each)."""
-    return await _notice_pushed_audiences(
-        conn,
-        row,
-        await store.pushes_before(conn, row.id, row.version),
-        editor=editor,
-        text=text,
-        settings=settings,
-        now=now,
-        via="rumor-update",
-        record=True,
-    )
 
 
 async def _notice_pushed_audiences(

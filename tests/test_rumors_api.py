@@ -65,6 +65,39 @@ async def pending_items(client, token) -> list[dict]:
 # -- clarifications --------------------------------------------------------------------------
 
 
+async def received_by_two(client, token, *, asker: int, inline: int) -> int:
+    """``asker`` asks an unknown post, the review publishes a clarification of it (``asker`` is
+    told), then ``inline`` asks and is answered: the clarification's id."""
+    await ask_unknown(client, [asker])
+    [item] = await pending_items(client, token)
+    created = await ok(
+        await call(
+            client,
+            token,
+            "POST",
+            f"/review/{item['id']}/clarification",
+            json={**CLAIM, "publish": True},
+        ),
+        201,
+    )
+    assert CLAIM["explanation"] in await say(client, inline, "这是真的吗 " + UNKNOWN_POST)
+    return created["id"]
+
+
+async def push_to_grid(client, token, clarification_id: int) -> dict:
+    """Push the clarification to grid G0101 as a notice."""
+    return await ok(
+        await call(
+            client,
+            token,
+            "POST",
+            f"/clarifications/{clarification_id}/push",
+            json={"regions": ["G0101"]},
+        ),
+        201,
+    )
+
+
 async def test_create_edit_publish_and_history(make_config, start_app, demo, db):
     client, _ = await start_app(make_config())
     token = await admin_token(db, demo)
@@ -418,20 +451,7 @@ async def test_correction_goes_to_earlier_recipients_marked_as_update(
     client, rt = await start_app(make_config())
     token = await admin_token(db, demo)
     inline, asker, bystander = demo.resident_ids[:3]
-    await ask_unknown(client, [asker])
-    [item] = await pending_items(client, token)
-    created = await ok(
-        await call(
-            client,
-            token,
-            "POST",
-            f"/review/{item['id']}/clarification",
-            json={**CLAIM, "publish": True},
-        ),
-        201,
-    )
-    cid = created["id"]
-    assert CLAIM["explanation"] in await say(client, inline, "这是真的吗 " + UNKNOWN_POST)
+    cid = await received_by_two(client, token, asker=asker, inline=inline)
 
     correction = "更正：本市确有一次无人机消毒演练，仅限公园，不涉及居民区。"
     edited = await ok(
@@ -477,26 +497,8 @@ async def test_withdrawal_tells_everyone_who_received_it_and_the_pushed_regions(
     client, rt = await start_app(make_config(notices={"quiet_hours": False}))
     token = await admin_token(db, demo)
     inline, asker, bystander = demo.resident_ids[:3]
-    await ask_unknown(client, [asker])
-    [item] = await pending_items(client, token)
-    created = await ok(
-        await call(
-            client,
-            token,
-            "POST",
-            f"/review/{item['id']}/clarification",
-            json={**CLAIM, "publish": True},
-        ),
-        201,
-    )
-    cid = created["id"]
-    assert CLAIM["explanation"] in await say(client, inline, "这是真的吗 " + UNKNOWN_POST)
-    pushed = await ok(
-        await call(
-            client, token, "POST", f"/clarifications/{cid}/push", json={"regions": ["G0101"]}
-        ),
-        201,
-    )
+    cid = await received_by_two(client, token, asker=asker, inline=inline)
+    pushed = await push_to_grid(client, token, cid)
 
     withdrawn = await ok(await call(client, token, "POST", f"/clarifications/{cid}/withdraw"))
     assert withdrawn["status"] == "withdrawn"
@@ -534,26 +536,8 @@ async def test_published_again_after_withdrawal_tells_those_told_of_the_withdraw
     client, rt = await start_app(make_config(notices={"quiet_hours": False}))
     token = await admin_token(db, demo)
     inline, asker, bystander = demo.resident_ids[:3]
-    await ask_unknown(client, [asker])
-    [item] = await pending_items(client, token)
-    created = await ok(
-        await call(
-            client,
-            token,
-            "POST",
-            f"/review/{item['id']}/clarification",
-            json={**CLAIM, "publish": True},
-        ),
-        201,
-    )
-    cid = created["id"]
-    assert CLAIM["explanation"] in await say(client, inline, "这是真的吗 " + UNKNOWN_POST)
-    pushed = await ok(
-        await call(
-            client, token, "POST", f"/clarifications/{cid}/push", json={"regions": ["G0101"]}
-        ),
-        201,
-    )
+    cid = await received_by_two(client, token, asker=asker, inline=inline)
+    pushed = await push_to_grid(client, token, cid)
     await ok(await call(client, token, "POST", f"/clarifications/{cid}/withdraw"))
     kinds = {r.person_id: (r.version, r.kind) for r in await rows(db, deliveries)}
     assert kinds == {inline: (1, "withdrawn"), asker: (1, "withdrawn")}
