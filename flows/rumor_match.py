@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import opencc
+
 logger = logging.getLogger(__name__)
 
 ClaimId = int | str
@@ -140,15 +142,22 @@ def _keep_text(match: re.Match[str]) -> str:
     )
 
 
+# Traditional characters become simplified ones (OpenCC's character and phrase tables), so that a
+# forward from Hong Kong, Macao, Taiwan or overseas matches a clarification written in simplified
+# Chinese. The converter is read-only once loaded (about 15 ms).
+_TO_SIMPLIFIED = opencc.OpenCC("t2s")
+
+
 def normalize_text(text: str) -> str:
     """Return ``text`` in the comparable form that indexing and matching both use.
 
-    Full-width forms become half-width (NFKC) and Latin letters lower case; URLs, @mentions,
+    Traditional Chinese becomes simplified; full-width forms become half-width (NFKC) and Latin
+    letters lower case; URLs, @mentions,
     bracket emoticons such as ``[哭]``, emoji and invisible characters are removed, as is the
     ``#`` of ``#topic#`` markers (the topic's words stay); whitespace runs become one space, and
     spaces next to Chinese characters or punctuation disappear.
     """
-    text = unicodedata.normalize("NFKC", text).lower()
+    text = unicodedata.normalize("NFKC", _TO_SIMPLIFIED.convert(text)).lower()
     text = _URL_RE.sub(" ", text)
     text = _MENTION_RE.sub(" ", text)
     text = _BRACKET_EMOTICON_RE.sub(" ", text)

@@ -237,6 +237,7 @@ def test_default_thresholds_order() -> None:
         ("零\u200b宽\ufeff字符", "零宽字符"),
         ("  多个   空格\n\t换行  ", "多个空格换行"),
         ("keep  english   words", "keep english words"),
+        ("俄羅斯放出來500隻獅子，確保人們在家隔離", "俄罗斯放出来500只狮子,确保人们在家隔离"),
         ("", ""),
     ],
 )
@@ -251,6 +252,22 @@ def test_normalized_forms_match_alike() -> None:
 
     assert result.outcome == "answer"
     assert claim_ids(result) == ["fw"]
+
+
+def test_traditional_script_forward_matches_a_simplified_claim() -> None:
+    index = RumorIndex(
+        [
+            Claim("hospitals", "美国24小时内建成180座野战医院，遍布全美各地"),
+            Claim("other", "喝白酒可以预防新冠病毒"),
+        ]
+    )
+
+    forward = "聽說美國24小時內建成180座野戰醫院，遍佈全美各地，是真的嗎？"
+
+    result = index.match(forward, DEFAULT_THRESHOLDS)
+
+    assert result.outcome == "answer"
+    assert claim_ids(result) == ["hospitals"]
 
 
 def test_two_short_keywords_suggest_claims_containing_both(index: RumorIndex) -> None:

@@ -202,6 +202,24 @@ async def test_near_identical_unknown_questions_are_grouped_with_a_count(
     assert by_item == {first: grouped.id, second: grouped.id, third: grouped.id, fourth: other.id}
 
 
+async def test_the_same_question_in_traditional_script_joins_its_review_item(
+    make_config, start_app, demo, db
+):
+    client, _ = await start_app(make_config())
+    simplified, traditional = demo.resident_ids[:2]
+
+    await say(client, simplified, "这是真的吗 " + UNKNOWN_POST)
+    await say(
+        client,
+        traditional,
+        "緊急通知：本週六晚上將用直升機在全城上空噴灑消毒藥水，請大家關好門窗，"
+        "晾在外面的衣服趕緊收回家，轉告親朋好友！是真的嗎？",
+    )
+
+    [item] = await rows(db, items)
+    assert (item.ask_count, item.asker_count) == (2, 2)
+
+
 async def test_region_scoped_clarification_answers_only_people_in_it(
     make_config, start_app, demo, db
 ):
