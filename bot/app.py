@@ -40,7 +40,7 @@ from bot.errors import ErrorReporter
 from bot.jobs import foundation_jobs
 from bot.notices_jobs import notices_jobs
 from bot.posters import GridQrCodes
-from bot.proxies import client_address_middleware
+from bot.proxies import access_logger_class, client_address_middleware
 from bot.requests_jobs import requests_jobs
 from bot.scheduler import JobRuntime, JobSpec, Scheduler
 from flows.engine import FlowEngine
@@ -227,8 +227,17 @@ def serve(
         host=config.server.host,
         port=config.server.port,
         print=None,
-        access_log=access_log,
+        **access_log_options(config, access_log),
     )
+
+
+def access_log_options(config: Config, access_log: logging.Logger | None) -> dict[str, Any]:
+    """aiohttp runner options for the access log (off when ``access_log`` is None): one line a
+    request, naming the client behind ``server.trusted_proxies`` rather than the proxy."""
+    return {
+        "access_log": access_log,
+        "access_log_class": access_logger_class(config.server.trusted_proxies),
+    }
 
 
 async def _tune_collector(app: web.Application) -> None:
