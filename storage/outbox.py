@@ -8,7 +8,6 @@ its claim is older than the claim timeout, carrying the same idempotency key.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from storage.models import (
     UTCDateTime,
     utcnow,
 )
+from storage.storable import fit_key
 
 outbox = OutboxMessage.__table__
 identities = Identity.__table__
@@ -318,10 +318,14 @@ async def release(conn: AsyncConnection, row_ids: Sequence[int], *, not_before: 
 def part_key(key: str, number: int) -> str:
     """The key of part ``number`` (2, 3, ...) of the row keyed ``key``: ``key#number``, or a
     digest of ``key`` with the suffix when that would not fit the column."""
-    suffix = f"#{number}"
-    if len(key) + len(suffix) <= KEY_LENGTH:
-        return key + suffix
-    return hashlib.sha256(key.encode()).hexdigest() + suffix
+    return fit_key(key, KEY_LENGTH, f"#{number}")
+
+
+def answer_key(kind: str, channel: str, dedupe_key: str, number: int) -> str:
+    """The key of the ``number``-th message of ``kind`` (``reply`` to the sender, or ``msg`` to
+    someone else) sent in answer to the inbound message ``dedupe_key`` on ``channel``; a digest
+    stands in for the message part when the key would not fit the column."""
+    return fit_key(f"{kind}:{channel}:{dedupe_key}", KEY_LENGTH, f":{number}")
 
 
 async def split_row(

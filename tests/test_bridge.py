@@ -130,3 +130,33 @@ async def test_unknown_fields_are_tolerated(make_config, start_app, demo):
     r = await post(client, body)
     assert r.status == 200
     assert json.dumps((await r.json())["replies"], ensure_ascii=False).count("网格编码") == 1
+
+
+async def test_retry_with_a_message_id_longer_than_the_log_column_gets_the_same_replies(
+    make_config, start_app, demo, db
+):
+    """The bridge takes a message_id of any length; the inbound log keeps a digest of one that
+    does not fit its column (PostgreSQL's batch insert once truncated it, so the retry missed
+    the dedupe, ran the handler again and ended in a 500)."""
+    client, _ = await start_app(make_config())
+    body = message("m" * 240, "wx-long-id", "你好")
+    first = await post(client, body)
+    assert first.status == 200
+    retry = await post(client, body)
+    assert retry.status == 200, await retry.text()
+    assert await retry.json() == await first.json()
+    assert await count(db, InboundMessage.__table__) == 1
+
+
+async def test_message_ids_sharing_the_first_200_characters_are_two_messages(
+    make_config, start_app, demo
+):
+    """A long common prefix (a chat id, then a counter) once collided after the truncation:
+    the second message was never handled and got a 500 on every retry."""
+    client, _ = await start_app(make_config())
+    prefix = "chat-0001/" + "x" * 195
+    first = await post(client, message(prefix + "-000001", "wx-prefix", "你好"))
+    assert first.status == 200
+    second = await post(client, message(prefix + "-000002", "wx-prefix", "g0101"))
+    assert second.status == 200, await second.text()
+    assert "桃园社区第1网格" in (await second.json())["replies"][0]["text"]

@@ -369,6 +369,22 @@ async def test_kept_bodies_are_size_capped(mp_config, start_app, db):
 # --- dedupe and the 5-second rule -------------------------------------------------------------
 
 
+async def test_retry_of_a_view_event_with_a_long_url_is_deduplicated(
+    mp_config, start_app, db, demo
+):
+    """Tencent retries a callback it got no answer to, with the same document.  A VIEW event's
+    dedupe key carries the menu's URL; over the log column, PostgreSQL's batch insert once
+    truncated it, so the retry missed the dedupe and ended in a 500."""
+    client, _ = await start_app(mp_config(aes_key=""))
+    url = "https://grid.example.gov.cn/h5/" + "a" * 250
+    document = event_message(OPENID, "VIEW", key=url, to=ACCOUNT)
+    first = await post_plain(client, document)
+    retry = await post_plain(client, document)
+    assert (first.status, retry.status) == (200, 200), await retry.text()
+    assert await retry.text() == await first.text()
+    assert await count_rows(db, InboundMessage.__table__) == 1
+
+
 async def test_same_msgid_three_times_concurrently_runs_the_flow_once(
     mp_config, start_app, fake, db, demo
 ):

@@ -43,7 +43,7 @@ from bot.channels.wxprotocol import (
 from bot.dispatcher import Dispatcher
 from bot.messages import Inbound, Outbound
 from storage.models import RawPayload, utcnow
-from storage.outbox import Target, enqueue, outbox, outbox_row
+from storage.outbox import Target, answer_key, enqueue, outbox, outbox_row
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class WxCallback:
             target = Target(self.channel, "user", inbound.sender_id)
         rows = [
             outbox_row(
-                key=f"reply:{self.channel}:{inbound.dedupe_key}:{i}",
+                key=answer_key("reply", self.channel, inbound.dedupe_key, i),
                 target=target,
                 payload={"text": reply.text},
             )
