@@ -282,22 +282,32 @@ async def mark_sent(
 
 async def mark_failed(
     conn: AsyncConnection,
-    row_id: int,
+    message: ClaimedMessage,
     *,
     error: str,
     retry_at: datetime | None,
     dead: bool = False,
-) -> None:
-    """A failed attempt: back to pending at ``retry_at``, or ``failed``/``dead`` for good."""
+) -> bool:
+    """A failed attempt: back to pending at ``retry_at``, or ``failed``/``dead`` for good.
+
+    Only while the row is still in this claim (``sending``, with the attempt count the claim
+    gave it): an attempt that outlived the claim timeout was claimed again by another worker,
+    which may have sent it meanwhile or be sending it now.  ``False`` if the row had moved on.
+    """
     if retry_at is not None:
         values: dict[str, Any] = {"status": OutboxStatus.PENDING, "next_attempt_at": retry_at}
     else:
         values = {"status": OutboxStatus.DEAD if dead else OutboxStatus.FAILED}
-    await conn.execute(
+    result = await conn.execute(
         update(outbox)
-        .where(outbox.c.id == row_id)
+        .where(
+            outbox.c.id == message.id,
+            outbox.c.status == OutboxStatus.SENDING,
+            outbox.c.attempts == message.attempts,
+        )
         .values(last_error=error[:500], claimed_at=None, **values)
     )
+    return bool(result.rowcount)
 
 
 async def release(conn: AsyncConnection, row_ids: Sequence[int], *, not_before: datetime) -> None:
