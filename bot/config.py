@@ -89,6 +89,12 @@ class WeChatMPConfig(_Section):
     app_secret: str = ""
     token: str = ""
     encoding_aes_key: str = ""
+    message_mode: Literal["plain", "compatible", "safe"] = "compatible"
+    """The account's 消息加解密方式 as set in the WeChat console: ``plain`` reads every body as
+    plaintext; ``compatible`` reads the encrypted part when the request says ``encrypt_type=aes``
+    and the body as plaintext otherwise (WeChat sends both); ``safe`` requires
+    ``encoding_aes_key`` and refuses a plaintext body with 403, since the URL signature alone does
+    not cover the body."""
     api_base: str = "https://api.weixin.qq.com"
     path: str = "/wechat/mp"
     max_clock_skew_s: int = Field(300, ge=0)
@@ -374,6 +380,9 @@ class Config(_Section):
                     raise ConfigError(
                         f"channels.{name}.{key}: required when the channel is enabled"
                     )
+        mp = self.channels.wechat_mp
+        if mp.enabled and mp.message_mode == "safe" and not mp.encoding_aes_key:
+            raise ConfigError("channels.wechat_mp.encoding_aes_key: required in safe message_mode")
         return self
 
     @property

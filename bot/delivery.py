@@ -183,10 +183,10 @@ class DeliveryWorker:
                     )
                     retry_at = now + timedelta(seconds=delay)
                 dead = result.dead or (result.retry and retry_at is None)
-                await repo.mark_failed(
-                    conn, message.id, error=result.error, retry_at=retry_at, dead=dead
+                recorded = await repo.mark_failed(
+                    conn, message, error=result.error, retry_at=retry_at, dead=dead
                 )
-                if retry_at is None:
+                if recorded and retry_at is None:
                     log.warning(
                         "outbox row %s (%s) %s: %s",
                         message.id,

@@ -51,7 +51,8 @@ from handlers.router import Router
 from storage import repo
 from storage.db import BatchStep, Database, GroupCommitter, any_of, each_of
 from storage.models import Identity, InboundMessage, utcnow
-from storage.outbox import Target, enqueue, outbox, outbox_row, recipient_row
+from storage.outbox import Target, answer_key, enqueue, outbox, outbox_row, recipient_row
+from storage.storable import fit_key
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ inbound_log = InboundMessage.__table__
 identities = Identity.__table__
 
 MAX_LOGGED_TEXT = 4000
+LOG_KEY_LENGTH = 200  # inbound_messages.dedupe_key
 LOG_COLUMNS = [
     inbound_log.c[name]
     for name in (
@@ -143,6 +145,11 @@ def _pass_on(source: asyncio.Future[Handled], target: asyncio.Future[Handled]) -
         target.set_exception(failure)
     else:
         target.set_result(source.result())
+
+
+def _log_key(inbound: Inbound) -> str:
+    """The message's dedupe key as the inbound log stores it: a digest if it is too long."""
+    return fit_key(inbound.dedupe_key, LOG_KEY_LENGTH)
 
 
 def _lane_key(inbound: Inbound) -> str:
@@ -386,7 +393,7 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
         target = self._reply_target(inbound)
         rows = [
             outbox_row(
-                key=f"reply:{inbound.channel}:{inbound.dedupe_key}:{i}",
+                key=answer_key("reply", inbound.channel, inbound.dedupe_key, i),
                 target=target,
                 payload={"text": reply.text},
             )
@@ -397,7 +404,7 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
     # -- the chain ---------------------------------------------------------------------------
 
     async def _log_row(self, conn: AsyncConnection, inbound: Inbound) -> Any:
-        params = {"channel": inbound.channel, "dedupe_key": inbound.dedupe_key}
+        params = {"channel": inbound.channel, "dedupe_key": _log_key(inbound)}
         return (await conn.execute(self._log_select, params)).first()
 
     def _replay(self, stored: dict[str, Any] | None) -> Handled:
@@ -430,9 +437,10 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
         states = await self._locks.run(conn, keys)
         # After the locks: a message another process logged while we waited is seen here.
         for channel, messages in by_channel.items():
-            params = {"channel": channel, "keys": [m.dedupe_key for m in messages]}
-            for dedupe_key, replies in await conn.execute(self._logs_select, params):
-                stored[(channel, dedupe_key)] = replies
+            wanted = {_log_key(m): m.dedupe_key for m in messages}
+            params = {"channel": channel, "keys": list(wanted)}
+            for log_key, replies in await conn.execute(self._logs_select, params):
+                stored[(channel, wanted[log_key])] = replies
         return _Batch(people, groups, states, stored)
 
     async def run(self, conn: AsyncConnection, shared: _Batch, item: _Work) -> Any:
@@ -485,7 +493,7 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
                 group = await repo.find_group(conn, inbound.channel, inbound.chat_id)
             # 2. lock, then read state; 3. dedupe, in the same statement
             conversation, stored = await self._checked_lock.run(
-                conn, key, channel=inbound.channel, dedupe_key=inbound.dedupe_key
+                conn, key, channel=inbound.channel, dedupe_key=_log_key(inbound)
             )
         else:
             # Read for the whole batch by prepare(): 1. identify, 2. lock, then read, 3. dedupe
@@ -582,7 +590,7 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
         batch.log_rows.append(
             {
                 "channel": inbound.channel,
-                "dedupe_key": inbound.dedupe_key,
+                "dedupe_key": _log_key(inbound),
                 "sender_id": inbound.sender_id,
                 "chat_id": inbound.chat_id,
                 "person_id": person_id,
@@ -610,7 +618,7 @@ class Dispatcher(BatchStep[_Work, _Batch, Any]):
             if message.is_reply:
                 replies.append(message)
                 continue
-            key = message.key or f"msg:{ctx.inbound.channel}:{ctx.inbound.dedupe_key}:{i}"
+            key = message.key or answer_key("msg", ctx.inbound.channel, ctx.inbound.dedupe_key, i)
             row = await recipient_row(
                 ctx.conn,
                 key=key,

@@ -88,6 +88,15 @@ def _is_punctuation(char: str) -> bool:
     return unicodedata.category(char).startswith("P")
 
 
+def strip_trailing_punctuation(text: str) -> str:
+    """``text`` without the whitespace and punctuation it ends with: "满意！" and "5分。" (the
+    sentence end a keyboard or speech recognition adds) read as "满意" and "5分"."""
+    end = len(text)
+    while end and (text[end - 1].isspace() or _is_punctuation(text[end - 1])):
+        end -= 1
+    return text[:end]
+
+
 def _strip_number_edges(text: str) -> str:
     """Trim whitespace, punctuation and particles around a number, keeping a leading sign."""
     start, end = 0, len(text)

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from typing import Any
 
-from flows.answers import AnswerError, parse_choices
+from flows.answers import AnswerError, parse_choices, strip_trailing_punctuation
 from flows.context import Context
 from flows.engine import Flow, Reask
 from flows.requests import CATEGORIES, LABELS, URGENCIES, Desk, RequestDenied, deadline_for
@@ -163,8 +163,8 @@ class RequestIntake(Flow):
 
 
 def parse_rating(text: str) -> int | None:
-    """``5``, ``5分``, ``五星``, ``打4分`` -> the rating; ``None`` when it is not 1-5."""
-    match = _RATING.match(unicodedata.normalize("NFKC", text).strip())
+    """``5``, ``5分``, ``五星``, ``打4分``, ``5分。`` -> the rating; ``None`` when it is not 1-5."""
+    match = _RATING.match(strip_trailing_punctuation(unicodedata.normalize("NFKC", text).strip()))
     if match is None:
         return None
     digit = match.group(1)

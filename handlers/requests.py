@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flows.answers import strip_trailing_punctuation
 from flows.context import Context
 from flows.request_intake import desk_for, parse_rating, say_notices
 from flows.requests import Desk, RequestDenied, normalize_number
@@ -73,7 +74,7 @@ async def on_overdue(ctx: Context) -> None:
     """Overdue requests under the admin's scope (or under the region code given)."""
     assert ctx.person is not None
     desk = desk_for(ctx)
-    code = ctx.text.removeprefix("督办").strip().upper()
+    code = strip_trailing_punctuation(ctx.text.removeprefix("督办")).strip().upper()
     admin_regions = ctx.person.scope_regions(Role.ADMIN)
     if code:
         region = await repo.get_region_by_code(ctx.conn, code)
@@ -102,21 +103,22 @@ async def on_overdue(ctx: Context) -> None:
 async def on_verdict(ctx: Context) -> None:
     """满意 / 不满意 / 重新处理 / 确认收到 without a number: the one request waiting for it."""
     assert ctx.person is not None
+    word = strip_trailing_punctuation(ctx.text)  # the router matched it so
     waiting = await rq.awaiting_resident(ctx.conn, ctx.person.id)
     desk = desk_for(ctx)
     if not waiting:
-        if ctx.text == "重新处理":
+        if word == "重新处理":
             # An unsatisfied close can still be reopened: take the latest closed one.
             latest = await rq.list_for_resident(ctx.conn, ctx.person.id, limit=1)
             if latest and latest[0].satisfied is False:
-                await _resident_action(ctx, desk, latest[0].number, ctx.text)
+                await _resident_action(ctx, desk, latest[0].number, word)
                 return
         ctx.say("requests/no_awaiting")
         return
     if len(waiting) > 1:
-        ctx.say("requests/choose_number", **desk.values(requests=waiting, word=ctx.text))
+        ctx.say("requests/choose_number", **desk.values(requests=waiting, word=word))
         return
-    await _resident_action(ctx, desk, waiting[0].number, ctx.text)
+    await _resident_action(ctx, desk, waiting[0].number, word)
 
 
 @router.message(prefixes=("Q", "q", "Ｑ", "ｑ"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from flows.answers import strip_trailing_punctuation
 from flows.context import Context
 
 Handler = Callable[[Context], Awaitable[None]]
@@ -43,7 +44,9 @@ class Route:
             return False
         text = ctx.text
         if self.keywords or self.prefixes:
-            return text in self.keywords or any(text.startswith(p) for p in self.prefixes)
+            # "满意！": a keyword with the sentence end a keyboard or speech recognition adds.
+            word = strip_trailing_punctuation(text)
+            return word in self.keywords or any(text.startswith(p) for p in self.prefixes)
         return True
 
 

@@ -8,7 +8,6 @@ its claim is older than the claim timeout, carrying the same idempotency key.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from storage.models import (
     UTCDateTime,
     utcnow,
 )
+from storage.storable import fit_key
 
 outbox = OutboxMessage.__table__
 identities = Identity.__table__
@@ -282,22 +282,32 @@ async def mark_sent(
 
 async def mark_failed(
     conn: AsyncConnection,
-    row_id: int,
+    message: ClaimedMessage,
     *,
     error: str,
     retry_at: datetime | None,
     dead: bool = False,
-) -> None:
-    """A failed attempt: back to pending at ``retry_at``, or ``failed``/``dead`` for good."""
+) -> bool:
+    """A failed attempt: back to pending at ``retry_at``, or ``failed``/``dead`` for good.
+
+    Only while the row is still in this claim (``sending``, with the attempt count the claim
+    gave it): an attempt that outlived the claim timeout was claimed again by another worker,
+    which may have sent it meanwhile or be sending it now.  ``False`` if the row had moved on.
+    """
     if retry_at is not None:
         values: dict[str, Any] = {"status": OutboxStatus.PENDING, "next_attempt_at": retry_at}
     else:
         values = {"status": OutboxStatus.DEAD if dead else OutboxStatus.FAILED}
-    await conn.execute(
+    result = await conn.execute(
         update(outbox)
-        .where(outbox.c.id == row_id)
+        .where(
+            outbox.c.id == message.id,
+            outbox.c.status == OutboxStatus.SENDING,
+            outbox.c.attempts == message.attempts,
+        )
         .values(last_error=error[:500], claimed_at=None, **values)
     )
+    return bool(result.rowcount)
 
 
 async def release(conn: AsyncConnection, row_ids: Sequence[int], *, not_before: datetime) -> None:
@@ -318,10 +328,14 @@ async def release(conn: AsyncConnection, row_ids: Sequence[int], *, not_before: 
 def part_key(key: str, number: int) -> str:
     """The key of part ``number`` (2, 3, ...) of the row keyed ``key``: ``key#number``, or a
     digest of ``key`` with the suffix when that would not fit the column."""
-    suffix = f"#{number}"
-    if len(key) + len(suffix) <= KEY_LENGTH:
-        return key + suffix
-    return hashlib.sha256(key.encode()).hexdigest() + suffix
+    return fit_key(key, KEY_LENGTH, f"#{number}")
+
+
+def answer_key(kind: str, channel: str, dedupe_key: str, number: int) -> str:
+    """The key of the ``number``-th message of ``kind`` (``reply`` to the sender, or ``msg`` to
+    someone else) sent in answer to the inbound message ``dedupe_key`` on ``channel``; a digest
+    stands in for the message part when the key would not fit the column."""
+    return fit_key(f"{kind}:{channel}:{dedupe_key}", KEY_LENGTH, f":{number}")
 
 
 async def split_row(

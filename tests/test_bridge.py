@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from bridge_client import message, signed
 from conftest import BRIDGE_SECRET
 from sqlalchemy import func, select
@@ -130,3 +131,105 @@ async def test_unknown_fields_are_tolerated(make_config, start_app, demo):
     r = await post(client, body)
     assert r.status == 200
     assert json.dumps((await r.json())["replies"], ensure_ascii=False).count("网格编码") == 1
+
+
+async def test_retry_with_a_message_id_longer_than_the_log_column_gets_the_same_replies(
+    make_config, start_app, demo, db
+):
+    """The bridge takes a message_id of any length; the inbound log keeps a digest of one that
+    does not fit its column (PostgreSQL's batch insert once truncated it, so the retry missed
+    the dedupe, ran the handler again and ended in a 500)."""
+    client, _ = await start_app(make_config())
+    body = message("m" * 240, "wx-long-id", "你好")
+    first = await post(client, body)
+    assert first.status == 200
+    retry = await post(client, body)
+    assert retry.status == 200, await retry.text()
+    assert await retry.json() == await first.json()
+    assert await count(db, InboundMessage.__table__) == 1
+
+
+async def test_message_ids_sharing_the_first_200_characters_are_two_messages(
+    make_config, start_app, demo
+):
+    """A long common prefix (a chat id, then a counter) once collided after the truncation:
+    the second message was never handled and got a 500 on every retry."""
+    client, _ = await start_app(make_config())
+    prefix = "chat-0001/" + "x" * 195
+    first = await post(client, message(prefix + "-000001", "wx-prefix", "你好"))
+    assert first.status == 200
+    second = await post(client, message(prefix + "-000002", "wx-prefix", "g0101"))
+    assert second.status == 200, await second.text()
+    assert "桃园社区第1网格" in (await second.json())["replies"][0]["text"]
+
+
+async def test_sender_or_chat_id_longer_than_an_address_is_400(make_config, start_app, db):
+    client, _ = await start_app(make_config())
+    r = await post(client, message("x7", "w" * 129, "hi"))
+    assert r.status == 400
+    assert "sender.id" in (await r.json())["error"]["message"]
+    r = await post(client, message("x8", "wx-gina", "hi", chat="c" * 129))
+    assert r.status == 400
+    assert "chat.id" in (await r.json())["error"]["message"]
+    r = await post(client, message("x9\u0000", "wx-gina", "hi"))
+    assert r.status == 400
+    assert "message_id" in (await r.json())["error"]["message"]
+    assert await count(db, InboundMessage.__table__) == 0
+
+
+async def test_timestamp_header_that_is_not_ascii_unix_seconds_is_401_not_500(
+    make_config, start_app, db
+):
+    """str.isdigit() took '²' and 5000 digits, which int() refuses or the clock comparison
+    chokes on: the unauthenticated request ended in a 500 before its signature was checked."""
+    client, _ = await start_app(make_config())
+    for timestamp in ("1²", "٣", "9" * 5000, "-1", ""):
+        r = await client.post(
+            PATH,
+            data=b"{}",
+            headers={"X-Bridge-Timestamp": timestamp, "X-Bridge-Signature": "0" * 64},
+        )
+        assert r.status == 401, (timestamp[:10], await r.text())
+        assert (await r.json())["error"]["code"] == "bad_timestamp"
+    assert await count(db, InboundMessage.__table__) == 0
+
+
+async def test_non_finite_timestamp_in_a_signed_body_is_400_not_500(make_config, start_app, db):
+    """JSON's 1e999 reads as inf and Python's reader takes NaN; int() of either raised outside
+    the bad-message handling."""
+    client, _ = await start_app(make_config())
+    for value in (b"1e999", b"-1e999", b"NaN"):
+        raw = (
+            b'{"message_id": "t-inf", "sender": {"id": "wx-inf"}, "text": "hi", "timestamp": '
+            + value
+            + b"}"
+        )
+        r = await post(client, raw)
+        assert r.status == 400, (value, await r.text())
+        error = (await r.json())["error"]
+        assert error["code"] == "bad_message"
+        assert "timestamp" in error["message"]
+    assert await count(db, InboundMessage.__table__) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        pytest.param("你好\u0000", "你好", id="nul"),
+        # A gateway that cuts at UTF-16 code units leaves half an emoji: "\ud83d" in the JSON.
+        pytest.param("你好\ud83d", "你好\ufffd", id="lone-surrogate"),
+    ],
+)
+async def test_text_the_database_cannot_hold_is_cleaned_and_answered(
+    make_config, start_app, demo, db, text, stored
+):
+    """PostgreSQL text cannot hold NUL and no UTF-8 encoder takes a lone surrogate: the log
+    insert failed, then the apology's (same text) too, and every retry got a 500."""
+    client, _ = await start_app(make_config())
+    body = {"message_id": "odd-1", "sender": {"id": "wx-odd"}, "text": text, "timestamp": 0}
+    r = await post(client, json.dumps(body).encode())
+    assert r.status == 200, await r.text()
+    assert "网格编码" in "".join(x["text"] for x in (await r.json())["replies"])
+    async with db.read() as conn:
+        logged = (await conn.execute(select(InboundMessage.__table__.c.text))).scalar_one()
+    assert logged == stored

@@ -76,6 +76,11 @@ def test_wrong_type_is_named(data, key):
         ("wechat_mp", {"app_secret": "s", "token": "t"}, "app_id"),
         ("wecom", {"corp_id": "ww1", "secret": "s", "token": "t"}, "encoding_aes_key"),
         ("wecom", {"corp_id": "ww1", "token": "t", "encoding_aes_key": "k"}, "secret"),
+        (
+            "wechat_mp",
+            {"app_id": "wx1", "app_secret": "s", "token": "t", "message_mode": "safe"},
+            "encoding_aes_key",
+        ),
     ],
 )
 def test_enabled_channel_without_its_secret_is_named(channel, settings, missing):

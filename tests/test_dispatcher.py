@@ -164,6 +164,35 @@ async def test_reply_over_budget_goes_through_the_outbox_once(make_config, start
         assert (await conn.execute(select(func.count()).select_from(outbox))).scalar() == 1
 
 
+async def test_late_reply_to_a_message_with_a_long_id_goes_through_the_outbox_once(
+    make_config, start_app, db
+):
+    """A message id longer than the columns: the inbound log keeps a digest of it and the
+    reply's outbox key a digest of its stem (``reply:bridge:<id>``) with the reply's number."""
+    from storage.outbox import answer_key
+
+    client, rt = await start_app(make_config(conversation={"reply_budget_s": 0.2}))
+
+    async def slow(ctx: Context) -> None:
+        await asyncio.sleep(0.6)
+        ctx.outbound.append(_text("慢慢来的回复"))
+
+    add_route(rt, "慢", slow)
+    long_id = "s" * 240
+    assert await send(client, long_id, "wx-slow", "慢") == []
+    await rt.dispatcher.drain()
+    async with db.read() as conn:
+        rows = list(await conn.execute(select(outbox)))
+    key = answer_key("reply", "bridge", long_id, 0)
+    assert len(key) <= 200 and key.endswith(":0")
+    assert [(r.key, r.target, r.payload["text"]) for r in rows] == [
+        (key, "wx-slow", "慢慢来的回复")
+    ]
+    assert await send(client, long_id, "wx-slow", "慢") == []
+    async with db.read() as conn:
+        assert (await conn.execute(select(func.count()).select_from(outbox))).scalar() == 1
+
+
 async def test_concurrent_messages_share_commits(make_config, start_app, db, demo):
     client, rt = await start_app(make_config())
     jobs_before, batches_before = rt.committer.jobs, rt.committer.batches

@@ -18,7 +18,15 @@ from bot.delivery import DeliveryWorker
 from bot.errors import ErrorReporter
 from storage.db import Database
 from storage.models import OutboxMessage, utcnow
-from storage.outbox import Target, claim_due, enqueue, outbox_row
+from storage.outbox import (
+    ClaimedMessage,
+    Target,
+    claim_due,
+    enqueue,
+    mark_failed,
+    mark_sent,
+    outbox_row,
+)
 
 outbox = OutboxMessage.__table__
 SECRET = "outbound-secret"
@@ -138,6 +146,49 @@ async def test_crash_between_claim_and_send_loses_nothing_and_sends_once(db, ses
     assert await worker.run_once() == 0
     assert len(receiver.received) == 10
     assert await statuses(db) == {"sent": 10}
+
+
+async def claim_twice(db: Database) -> tuple[ClaimedMessage, ClaimedMessage]:
+    """Worker A claims the one row and its send hangs past the claim timeout; worker B claims
+    it again (a stale claim).  A's claim and B's."""
+    claim_timeout = timedelta(seconds=300)
+    t0 = utcnow()
+    claims = []
+    for now in (t0, t0 + claim_timeout + timedelta(seconds=1)):
+        async with db.write() as conn:
+            (claimed,) = await claim_due(
+                conn, limit=10, claim_timeout=claim_timeout, skip_locked=not db.is_sqlite, now=now
+            )
+        claims.append(claimed)
+    assert claims[0].id == claims[1].id
+    return claims[0], claims[1]
+
+
+async def test_a_late_failure_does_not_move_a_sent_row_back_to_pending(db):
+    """B sends the row and marks it sent; then A's attempt ends in a timeout and A records the
+    failure.  Unguarded, that put the row back to pending and it was sent a second time."""
+    await queue(db, 1)
+    first, second = await claim_twice(db)
+    async with db.write() as conn:
+        await mark_sent(conn, [(second.id, None)])
+    async with db.write() as conn:
+        recorded = await mark_failed(
+            conn, first, error="WxUnavailable: timeout", retry_at=utcnow() + timedelta(seconds=5)
+        )
+    assert recorded is False
+    assert await statuses(db) == {"sent": 1}
+
+
+async def test_a_late_failure_leaves_the_newer_claim_to_finish(db):
+    """A's failure arrives while B is still sending: the row stays B's, and B's success counts."""
+    await queue(db, 1)
+    first, second = await claim_twice(db)
+    async with db.write() as conn:
+        assert not await mark_failed(conn, first, error="timeout", retry_at=None, dead=True)
+    assert await statuses(db) == {"sending": 1}
+    async with db.write() as conn:
+        await mark_sent(conn, [(second.id, None)])
+    assert await statuses(db) == {"sent": 1}
 
 
 async def test_failures_back_off_then_dead_letter(db, session, receiver):

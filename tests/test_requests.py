@@ -313,6 +313,24 @@ async def test_accept_note_resolve_confirm_and_rate(make_config, start_app, demo
     ]
 
 
+async def test_verdict_and_rating_with_a_sentence_end_are_understood(
+    make_config, start_app, demo, db
+):
+    """Residents type "满意！" and "5分。" (and speech recognition, which the voice path treats as
+    typed text, ends sentences with "。"), as the category and urgency answers already may."""
+    client, _ = await start_app(make_config())
+    resident = await resident_in(db, demo, "G0101")
+    warden = demo.wardens["G0101"]
+    number = await file_in_chat(client, resident, "2", "想配一些感冒药", "一般。")
+    await say(client, warden, f"{number} 受理")
+    await say(client, warden, f"{number} 办结：药已送到家门口")
+    reply = await say(client, resident, "满意！")
+    assert "已关闭" in reply and "1到5" in reply
+    assert "5分" in await say(client, resident, "5分。")
+    row = await request_row(db, number)
+    assert (row.status, row.satisfied, row.rating) == ("closed", True, 5)
+
+
 async def test_resolving_a_closed_or_resolved_request_is_refused_with_the_reason(
     make_config, start_app, demo, db
 ):

@@ -53,7 +53,8 @@ async def fake() -> AsyncIterator[FakeWeChat]:
 
 @pytest.fixture
 def mp_config(make_config, fake):
-    """A config with the official account on (safe mode unless ``aes_key=""``)."""
+    """A config with the official account on, with an AES key (compatible ``message_mode``,
+    the default) unless ``aes_key=""``."""
 
     def build(
         *,
@@ -179,11 +180,38 @@ async def test_compatible_mode_reads_the_encrypted_part_and_answers_encrypted(
     assert "网格编码" in reply["Content"]
 
 
-async def test_plaintext_request_to_a_safe_mode_account_is_answered_plain(
+async def test_plaintext_request_to_a_compatible_mode_account_is_answered_plain(
     mp_config, start_app, demo
 ):
-    client, _ = await start_app(mp_config())
+    client, _ = await start_app(mp_config(message_mode="compatible"))
     r = await post_plain(client, text_message(OPENID, "你好"))
+    assert "网格编码" in safe_parse_xml(await r.text())["Content"]
+
+
+async def test_safe_mode_account_refuses_a_plaintext_body_under_a_replayed_url(
+    mp_config, start_app, fake, db, demo, caplog
+):
+    """In safe mode only msg_signature binds the body; the URL signature covers token,
+    timestamp and nonce only.  Anyone who saw one callback URL (a proxy's access log) could
+    otherwise post, within the clock skew, any plaintext message as any openid with it."""
+    client, _ = await start_app(mp_config(message_mode="safe"))
+    query, body = mp_safe_request(mp_crypto(fake.app_id), text_message(OPENID, "你好"))
+    r = await client.post(PATH, params=query, data=body)
+    assert r.status == 200
+    # The same URL, as logged, with a forged plaintext body from someone else.
+    replayed = {k: query[k] for k in ("signature", "timestamp", "nonce")}
+    r = await client.post(PATH, params=replayed, data=text_message("o_forged", "待办").encode())
+    assert r.status == 403
+    async with db.read() as conn:
+        senders = list((await conn.execute(select(InboundMessage.__table__.c.sender_id))).scalars())
+    assert senders == [OPENID]
+    assert "message_mode is safe" in caplog.text
+
+
+async def test_plain_mode_reads_the_body_as_plaintext_even_with_a_key(mp_config, start_app, demo):
+    client, _ = await start_app(mp_config(message_mode="plain"))
+    r = await post_plain(client, text_message(OPENID, "你好"), encrypt_type="aes")
+    assert r.status == 200
     assert "网格编码" in safe_parse_xml(await r.text())["Content"]
 
 
@@ -367,6 +395,22 @@ async def test_kept_bodies_are_size_capped(mp_config, start_app, db):
 
 
 # --- dedupe and the 5-second rule -------------------------------------------------------------
+
+
+async def test_retry_of_a_view_event_with_a_long_url_is_deduplicated(
+    mp_config, start_app, db, demo
+):
+    """Tencent retries a callback it got no answer to, with the same document.  A VIEW event's
+    dedupe key carries the menu's URL; over the log column, PostgreSQL's batch insert once
+    truncated it, so the retry missed the dedupe and ended in a 500."""
+    client, _ = await start_app(mp_config(aes_key=""))
+    url = "https://grid.example.gov.cn/h5/" + "a" * 250
+    document = event_message(OPENID, "VIEW", key=url, to=ACCOUNT)
+    first = await post_plain(client, document)
+    retry = await post_plain(client, document)
+    assert (first.status, retry.status) == (200, 200), await retry.text()
+    assert await retry.text() == await first.text()
+    assert await count_rows(db, InboundMessage.__table__) == 1
 
 
 async def test_same_msgid_three_times_concurrently_runs_the_flow_once(

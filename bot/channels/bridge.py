@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import re
 import time
 from typing import Any
 
@@ -23,11 +25,15 @@ from bot.config import BridgeConfig
 from bot.dispatcher import Dispatcher
 from bot.messages import Inbound, Outbound
 from storage.outbox import ClaimedMessage
+from storage.storable import storable_text
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "bridge"
 MAX_TEXT = 10_000
+MAX_ADDRESS = 128  # identities.external_id, chat_groups.external_id: a sender or chat id
+MAX_NAME = 128  # identities.display_name
+UNIX_SECONDS = re.compile("[0-9]{1,20}")
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -44,6 +50,16 @@ class BadMessage(ValueError):
     """The JSON is well formed but not a bridge message; the text says which field."""
 
 
+def _checked_id(value: str, field: str, limit: int | None = None) -> str:
+    """An id as given, if the database can hold it (a long message id is stored as a digest;
+    a sender or chat id is an address and must fit as it is)."""
+    if storable_text(value) != value:
+        raise BadMessage(f"{field} must not contain NUL or a lone surrogate")
+    if limit is not None and len(value) > limit:
+        raise BadMessage(f"{field} is longer than {limit} characters")
+    return value
+
+
 def parse_message(data: Any) -> Inbound:
     """Turn a bridge JSON body into an ``Inbound``; unknown fields are ignored."""
     if not isinstance(data, dict):
@@ -54,12 +70,14 @@ def parse_message(data: Any) -> Inbound:
     sender = data.get("sender")
     if not isinstance(sender, dict) or not isinstance(sender.get("id"), str) or not sender["id"]:
         raise BadMessage("sender.id must be a non-empty string")
+    sender_id = _checked_id(sender["id"], "sender.id", MAX_ADDRESS)
     chat = data.get("chat") or {"type": "direct"}
     if not isinstance(chat, dict) or chat.get("type", "direct") not in ("direct", "group"):
         raise BadMessage("chat.type must be 'direct' or 'group'")
     is_group = chat.get("type") == "group"
     if is_group and (not isinstance(chat.get("id"), str) or not chat["id"]):
         raise BadMessage("chat.id is required for a group message")
+    chat_id = _checked_id(chat["id"], "chat.id", MAX_ADDRESS) if is_group else None
     text = data.get("text", "")
     if not isinstance(text, str):
         raise BadMessage("text must be a string")
@@ -68,15 +86,18 @@ def parse_message(data: Any) -> Inbound:
     timestamp = data.get("timestamp", 0)
     if not isinstance(timestamp, int | float) or isinstance(timestamp, bool):
         raise BadMessage("timestamp must be a number")
+    if not math.isfinite(timestamp):  # JSON's 1e999 reads as inf; Python's reader takes NaN
+        raise BadMessage("timestamp must be a finite number")
     name = sender.get("name", "")
+    # A gateway may cut text at UTF-16 code units (half an emoji) or pass NUL through.
     return Inbound(
         channel=CHANNEL,
-        sender_id=sender["id"],
-        sender_name=name if isinstance(name, str) else "",
-        chat_id=chat["id"] if is_group else None,
-        chat_name=str(chat.get("name", "")) if is_group else "",
-        text=text,
-        dedupe_key=str(message_id),
+        sender_id=sender_id,
+        sender_name=storable_text(name)[:MAX_NAME] if isinstance(name, str) else "",
+        chat_id=chat_id,
+        chat_name=storable_text(str(chat.get("name", ""))) if is_group else "",
+        text=storable_text(text),
+        dedupe_key=_checked_id(str(message_id), "message_id"),
         kind="text",
         timestamp=int(timestamp),
     )
@@ -112,7 +133,7 @@ class BridgeChannel:
             return _error(413, "too_large", f"body over {self.config.max_body_bytes} bytes")
         timestamp = request.headers.get("X-Bridge-Timestamp", "")
         signature = request.headers.get("X-Bridge-Signature", "")
-        if not timestamp.isdigit():
+        if not UNIX_SECONDS.fullmatch(timestamp):
             return _error(401, "bad_timestamp", "X-Bridge-Timestamp must be unix seconds")
         skew = self.config.max_clock_skew_s
         if skew and abs(time.time() - int(timestamp)) > skew:

@@ -4,8 +4,10 @@ Inbound, at ``channels.wechat_mp.path``:
 
 - ``GET``: URL verification; answers ``echostr`` when ``signature`` matches, else 403.
 - ``POST`` in plaintext mode (``signature`` only), compatible mode and safe mode
-  (``encrypt_type=aes`` with ``msg_signature``; answered encrypted).  With no
-  ``encoding_aes_key`` configured the body is read as plaintext whatever the query says.
+  (``encrypt_type=aes`` with ``msg_signature``; answered encrypted), as ``message_mode`` says.
+  With no ``encoding_aes_key`` configured, or in ``plain`` mode, the body is read as plaintext
+  whatever the query says; in ``safe`` mode a plaintext body is 403 (the URL signature does not
+  cover the body, so anyone who saw one callback URL could post any body under it).
   Signatures are compared in constant time, a timestamp outside ``max_clock_skew_s`` is 403,
   a body over 64 KiB is 413.  What happens next is :class:`bot.channels.wxcallback.WxCallback`.
 - Template send-finish events (``TEMPLATESENDJOBFINISH``) are delivery receipts: the outbox row
@@ -83,7 +85,7 @@ class WeChatMPChannel(WxCallback):
                 encoding_aes_key=config.encoding_aes_key,
                 app_id=config.app_id,
             )
-            if config.encoding_aes_key
+            if config.encoding_aes_key and config.message_mode != "plain"
             else None
         )
         super().__init__(
@@ -134,6 +136,13 @@ class WeChatMPChannel(WxCallback):
                 return refuse(403, "no signature")
             if not self.fresh(timestamp):
                 return refuse(403, "timestamp outside the allowed clock skew")
+            if self.config.message_mode == "safe":
+                log.warning(
+                    "%s: refused a plaintext callback: message_mode is safe (a replayed callback "
+                    "URL, or the account was switched out of safe mode in the WeChat console)",
+                    self.channel,
+                )
+                return refuse(403, "plaintext message to a safe-mode account")
             return await self.answer(body, encrypt=False)
         opened = await self.open_envelope(
             body,

@@ -43,7 +43,8 @@ from bot.channels.wxprotocol import (
 from bot.dispatcher import Dispatcher
 from bot.messages import Inbound, Outbound
 from storage.models import RawPayload, utcnow
-from storage.outbox import Target, enqueue, outbox, outbox_row
+from storage.outbox import Target, answer_key, enqueue, outbox, outbox_row
+from storage.storable import storable_text
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,12 @@ def success() -> web.Response:
 
 def inspectable(body: bytes | str) -> str:
     """A size-capped text form of a body that could not be used: invalid UTF-8 and NUL (which
-    PostgreSQL text cannot hold) become backslash escapes."""
+    PostgreSQL text cannot hold) become backslash escapes, a lone surrogate U+FFFD."""
     if isinstance(body, bytes):
         text = body[:RAW_PAYLOAD_CAP].decode("utf-8", "backslashreplace")
     else:
         text = body[:RAW_PAYLOAD_CAP]
-    return text.replace("\x00", "\\x00")
+    return storable_text(text, nul="\\x00")
 
 
 def pack_replies(replies: Sequence[Outbound]) -> tuple[str, list[tuple[int, Outbound]]]:
@@ -255,7 +256,7 @@ class WxCallback:
             target = Target(self.channel, "user", inbound.sender_id)
         rows = [
             outbox_row(
-                key=f"reply:{self.channel}:{inbound.dedupe_key}:{i}",
+                key=answer_key("reply", self.channel, inbound.dedupe_key, i),
                 target=target,
                 payload={"text": reply.text},
             )
