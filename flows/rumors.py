@@ -1403,20 +1403,19 @@ async def report(
 ) -> Report:
     """The most asked claims in ``[since, until)`` by people living under ``paths``, answered
     and unanswered; with ``root``, each claim's questions per region right below it."""
-    counts = await store.asked_counts(conn, paths=paths, since=since, until=until)
-    totals: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+    per_claim, per_region = await store.asked_counts(conn, paths=paths, since=since, until=until)
+
+    def key_of(count: store.AskedCount) -> tuple[str, int]:
+        if count.clarification_id is not None:
+            return ("clarification", count.clarification_id)
+        return ("review_item", int(count.item_id or 0))
+
+    totals = {key_of(c): (c.asks, c.people) for c in per_claim}
     by_region: dict[tuple[str, int], dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for row in counts:
-        key = (
-            ("clarification", row.clarification_id)
-            if row.clarification_id is not None
-            else ("review_item", int(row.item_id or 0))
-        )
-        totals[key][0] += row.asks
-        totals[key][1] += row.people
-        child = _child_below(root, row.region_path)
+    for count in per_region:
+        child = _child_below(root, count.region_path or "")
         if child is not None:
-            by_region[key][child] += row.asks
+            by_region[key_of(count)][child] += count.asks
 
     def top(kind: str) -> list[tuple[str, int]]:
         keys = [k for k in totals if k[0] == kind]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, exists, func, or_, select, text, update
+from sqlalchemy import Table, case, delete, exists, func, null, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db import Database
@@ -503,19 +503,22 @@ async def list_pushes(conn: AsyncConnection, clarification_id: int) -> list[Any]
 
 @dataclass(frozen=True, slots=True)
 class AskedCount:
-    """Questions about one claim from one region in a period."""
+    """Questions about one claim in a period: all of them (``region_path`` ``None``), or those
+    from one asker region."""
 
     clarification_id: int | None
     item_id: int | None
-    region_path: str
+    region_path: str | None
     asks: int
     people: int
 
 
 async def asked_counts(
     conn: AsyncConnection, *, paths: Sequence[str], since: datetime, until: datetime
-) -> list[AskedCount]:
-    """Questions asked from under ``paths`` in ``[since, until)``, per claim and asker region.
+) -> tuple[list[AskedCount], list[AskedCount]]:
+    """Questions asked from under ``paths`` in ``[since, until)``: per claim, and per claim and
+    asker region.  People are counted distinct within each group, so one person who asked
+    about a claim twice (before and after it was verified, or from two review items) is one.
 
     A claim is the clarification a question was answered with (directly, by choice, or through
     its review item once attached), else its review item.  Questions only shown suggestions are
@@ -523,40 +526,42 @@ async def asked_counts(
     """
     item = items.alias("item")
     claim_id = func.coalesce(questions.c.clarification_id, item.c.clarification_id)
-    rows = await conn.execute(
-        select(
-            claim_id.label("clarification_id"),
-            questions.c.review_item_id,
-            regions.c.path,
-            func.count().label("asks"),
-            func.count(func.distinct(questions.c.person_id)).label("people"),
-        )
-        .select_from(
-            questions.outerjoin(item, item.c.id == questions.c.review_item_id).join(
-                regions, regions.c.id == questions.c.region_id
-            )
-        )
-        .where(
-            questions.c.asked_at >= since,
-            questions.c.asked_at < until,
-            or_(*[regions.c.path.startswith(p) for p in paths]),
-            or_(questions.c.clarification_id.isnot(None), questions.c.review_item_id.isnot(None)),
-        )
-        .group_by(claim_id, questions.c.review_item_id, regions.c.path)
+    item_id = case((claim_id.is_(None), questions.c.review_item_id), else_=null())
+    source = questions.outerjoin(item, item.c.id == questions.c.review_item_id).join(
+        regions, regions.c.id == questions.c.region_id
     )
-    result = []
-    for row in rows:
-        answered = row.clarification_id is not None
-        result.append(
-            AskedCount(
-                clarification_id=row.clarification_id if answered else None,
-                item_id=None if answered else row.review_item_id,
-                region_path=row.path,
-                asks=int(row.asks),
-                people=int(row.people),
-            )
+    where = (
+        questions.c.asked_at >= since,
+        questions.c.asked_at < until,
+        or_(*[regions.c.path.startswith(p) for p in paths]),
+        or_(questions.c.clarification_id.isnot(None), questions.c.review_item_id.isnot(None)),
+    )
+    asks = func.count().label("asks")
+    people = func.count(func.distinct(questions.c.person_id)).label("people")
+    keys = (claim_id.label("clarification_id"), item_id.label("item_id"))
+    per_claim = await conn.execute(
+        select(*keys, asks, people)
+        .select_from(source)
+        .where(*where)
+        .group_by(claim_id, item_id)
+    )
+    per_region = await conn.execute(
+        select(*keys, regions.c.path, asks, people)
+        .select_from(source)
+        .where(*where)
+        .group_by(claim_id, item_id, regions.c.path)
+    )
+
+    def count(row: Any, path: str | None) -> AskedCount:
+        return AskedCount(
+            clarification_id=row.clarification_id,
+            item_id=row.item_id,
+            region_path=path,
+            asks=int(row.asks),
+            people=int(row.people),
         )
-    return result
+
+    return [count(r, None) for r in per_claim], [count(r, r.path) for r in per_region]
 
 
 async def clarification_heads(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, Any]:
