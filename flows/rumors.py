@@ -34,7 +34,9 @@ about it (through any question grouped into the item) and has not received it ge
 through the outbox with the key ``rumor:<id>:v<version>:<person id>``.  An edit of a published
 clarification keeps the replaced content as history, raises the version, and sends the new
 version, marked as an update, to everyone who received an earlier one; regions it was pushed to
-get the correction as a notice again.  Withdrawing a published clarification tells everyone
+get the correction as a notice, once per version.  An edit of only what residents do not read
+(scope, expiry) raises the version too (the history keeps it) but sends nothing: versions that
+read alike count as received.  Withdrawing a published clarification tells everyone
 who received any version of it, and the regions it was pushed to, that it no longer holds.
 """
 
@@ -1012,9 +1014,10 @@ async def deliver_current(
     """Send the published clarification ``row`` to everyone owed its current version.
 
     Askers (of attached review items) who never received it get it once; people who received
-    an earlier version get this one as an update; regions an earlier version was pushed to get
-    a correction notice.  When it is ``republished`` after a withdrawal, the people and
-    regions told of the withdrawal are told it stands again.  One page of people per statement.
+    an earlier version that reads differently get this one as an update; audiences whose
+    latest push is of such a version get a correction notice.  When it is ``republished``
+    after a withdrawal, the people and regions told of the withdrawal are told it stands
+    again.  One page of people per statement.
     """
     delivered = Delivered()
     page = settings.rumors.notify_page_size
@@ -1044,9 +1047,12 @@ async def deliver_current(
         )
     ):
         delivered.notified += await send(ids, notify_text, DeliveryKind.NOTIFY)
+    # Versions residents read exactly as this one (only the scope or expiry changed since):
+    # whoever has one of those, or a region it was pushed to, needs no update.
+    alike = await store.versions_reading_alike(conn, row)
     async for ids in _id_pages(
         lambda after: store.earlier_recipients(
-            conn, row.id, version=row.version, after=after, limit=page
+            conn, row.id, version=row.version, alike=alike, after=after, limit=page
         )
     ):
         delivered.updated += await send(ids, update_text, DeliveryKind.UPDATE)
@@ -1063,8 +1069,10 @@ async def deliver_current(
         pushes = await store.list_pushes(conn, row.id)
         notice_text, via = back_text, "rumor-republished"
     else:
-        # A correction notice to each audience an earlier version was pushed to.
-        pushes = await store.pushes_before(conn, row.id, row.version)
+        # A correction notice to each audience whose latest push is of an earlier version
+        # that reads differently (a correction already sent is recorded as a push of the
+        # version it carried, so each audience gets each version's notice once).
+        pushes = _pushes_behind(await store.list_pushes(conn, row.id), {row.version, *alike})
         notice_text, via = update_text, "rumor-update"
     delivered.notice_ids = await _notice_pushed_audiences(
         conn,
@@ -1078,6 +1086,21 @@ async def deliver_current(
         record=True,
     )
     return delivered
+
+
+def _audience_key(audience: dict[str, Any]) -> str:
+    return repr(sorted(audience.items()))
+
+
+def _pushes_behind(pushes: Sequence[Any], current: set[int]) -> list[Any]:
+    """The latest push to each audience, for the audiences whose latest push is of a version
+    not in ``current``."""
+    latest: dict[str, Any] = {}
+    for push in pushes:
+        key = _audience_key(push.audience)
+        if key not in latest or push.version >= latest[key].version:
+            latest[key] = push
+    return sorted((p for p in latest.values() if p.version not in current), key=lambda p: int(p.id))
 
 
 async def _id_pages(fetch: Callable[[int], Awaitable[list[int]]]) -> AsyncIterator[list[int]]:
@@ -1127,7 +1150,7 @@ async def _notice_pushed_audiences(
     notice_ids = []
     for push in pushes:
         audience = push.audience
-        key = repr(sorted(audience.items()))
+        key = _audience_key(audience)
         if key in done:
             continue
         done.add(key)

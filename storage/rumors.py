@@ -56,6 +56,8 @@ CONTENT_FIELDS = (
     "expires_at",
 )
 """What an edit can change, and what a history row keeps."""
+RESIDENT_FIELDS = ("claim", "verdict", "explanation", "source_name", "source_url")
+"""What residents read of a clarification (its scope and expiry are not shown)."""
 
 
 async def _insert(conn: AsyncConnection, table: Table, **values: Any) -> int:
@@ -407,22 +409,39 @@ async def askers_to_notify(
     return [row.person_id for row in await conn.execute(query)]
 
 
-async def earlier_recipients(
-    conn: AsyncConnection, clarification_id: int, *, version: int, after: int, limit: int
-) -> list[int]:
-    """People who received a version of the clarification older than ``version`` and were not
-    told it was withdrawn since (one page)."""
+async def versions_reading_alike(conn: AsyncConnection, row: Any) -> list[int]:
+    """Earlier versions of clarification ``row`` that residents read exactly as its current
+    one (an edit changed only its scope or expiry since)."""
     rows = await conn.execute(
-        select(deliveries.c.person_id)
-        .where(
-            deliveries.c.clarification_id == clarification_id,
-            deliveries.c.version < version,
-            deliveries.c.kind != DeliveryKind.WITHDRAWN,
-            deliveries.c.person_id > after,
+        select(history.c.version).where(
+            history.c.clarification_id == row.id,
+            *[history.c[name] == getattr(row, name) for name in RESIDENT_FIELDS],
         )
-        .order_by(deliveries.c.person_id)
-        .limit(limit)
     )
+    return [r.version for r in rows]
+
+
+async def earlier_recipients(
+    conn: AsyncConnection,
+    clarification_id: int,
+    *,
+    version: int,
+    alike: Sequence[int] = (),
+    after: int,
+    limit: int,
+) -> list[int]:
+    """People who received a version of the clarification older than ``version`` (other than
+    the versions ``alike``, which read the same) and were not told it was withdrawn since
+    (one page)."""
+    query = select(deliveries.c.person_id).where(
+        deliveries.c.clarification_id == clarification_id,
+        deliveries.c.version < version,
+        deliveries.c.kind != DeliveryKind.WITHDRAWN,
+        deliveries.c.person_id > after,
+    )
+    if alike:
+        query = query.where(deliveries.c.version.not_in(list(alike)))
+    rows = await conn.execute(query.order_by(deliveries.c.person_id).limit(limit))
     return [row.person_id for row in rows]
 
 
@@ -477,17 +496,6 @@ async def insert_push(conn: AsyncConnection, **values: Any) -> int:
     return await _insert(conn, pushes, **values)
 
 
-async def pushes_before(conn: AsyncConnection, clarification_id: int, version: int) -> list[Any]:
-    """Pushes of versions older than ``version``, oldest first."""
-    return list(
-        await conn.execute(
-            select(pushes)
-            .where(pushes.c.clarification_id == clarification_id, pushes.c.version < version)
-            .order_by(pushes.c.id)
-        )
-    )
-
-
 async def list_pushes(conn: AsyncConnection, clarification_id: int) -> list[Any]:
     return list(
         await conn.execute(
@@ -540,10 +548,7 @@ async def asked_counts(
     people = func.count(func.distinct(questions.c.person_id)).label("people")
     keys = (claim_id.label("clarification_id"), item_id.label("item_id"))
     per_claim = await conn.execute(
-        select(*keys, asks, people)
-        .select_from(source)
-        .where(*where)
-        .group_by(claim_id, item_id)
+        select(*keys, asks, people).select_from(source).where(*where).group_by(claim_id, item_id)
     )
     per_region = await conn.execute(
         select(*keys, regions.c.path, asks, people)
