@@ -780,10 +780,15 @@ async def find_managed(
 
 
 async def find_visible(
-    conn: AsyncConnection, person: repo.PersonInfo, clarification_id: int
+    conn: AsyncConnection,
+    person: repo.PersonInfo,
+    clarification_id: int,
+    *,
+    for_update: bool = False,
 ) -> Any:
+    """A clarification the person may see (``for_update``: locked on PostgreSQL until commit)."""
     check_manager(person)
-    row = await store.get_clarification(conn, clarification_id)
+    row = await store.get_clarification(conn, clarification_id, for_update=for_update)
     if row is None or not can_see(person, row.scope_path):
         raise RumorRefused("not_found", 404, id=clarification_id)
     return row
@@ -1188,10 +1193,13 @@ async def _notice_pushed_audiences(
 # -- review queue ----------------------------------------------------------------------------
 
 
-async def find_review_item(conn: AsyncConnection, person: repo.PersonInfo, item_id: int) -> Any:
-    """A review item some of whose askers live in the person's scope."""
+async def find_review_item(
+    conn: AsyncConnection, person: repo.PersonInfo, item_id: int, *, for_update: bool = False
+) -> Any:
+    """A review item some of whose askers live in the person's scope (``for_update``: locked
+    on PostgreSQL until commit, so that reviewers resolve it one at a time)."""
     check_manager(person)
-    item = await store.get_item(conn, item_id)
+    item = await store.get_item(conn, item_id, for_update=for_update)
     if item is None or not await store.item_in_scope(conn, item_id, manager_paths(person)):
         raise RumorRefused("item_not_found", 404, id=item_id)
     return item
@@ -1236,18 +1244,15 @@ async def attach_item(
 ) -> Delivered:
     """Answer a review item with an existing clarification; its askers are told once it is
     published (now, if it is)."""
-    item = await find_review_item(conn, person, item_id)
-    row = await find_visible(conn, person, clarification_id)
+    item = await find_review_item(conn, person, item_id, for_update=True)
     if item.status != ReviewStatus.PENDING:
         raise RumorRefused("item_closed", 409, status=item.status)
-    await store.resolve_item(
-        conn,
-        item_id,
-        status=ReviewStatus.ATTACHED,
-        clarification_id=row.id,
-        by=person.id,
-        now=now,
-    )
+    # Read only now, and locked until commit: an edit or a withdrawal that committed while this
+    # waited for the item is what the askers get (or are spared), and none commits meanwhile.
+    row = await find_visible(conn, person, clarification_id, for_update=True)
+    if row.expires_at is not None and row.expires_at <= now:
+        raise RumorRefused("expired", 409, attach=True)
+    await _resolve(conn, item_id, clarification_id=row.id, by=person.id, now=now)
     await _audit(conn, person, "rumor.review.attach", row.id, {}, item_id=item_id)
     if row.status != ClarificationStatus.PUBLISHED:
         return Delivered()
@@ -1269,7 +1274,7 @@ async def clarify_item(
 ) -> tuple[int, Delivered]:
     """Create a clarification for a review item (its claim defaults to the item's sample),
     attach the item, and publish at once when ``"publish": true``."""
-    item = await find_review_item(conn, person, item_id)
+    item = await find_review_item(conn, person, item_id, for_update=True)
     if item.status != ReviewStatus.PENDING:
         raise RumorRefused("item_closed", 409, status=item.status)
     body = dict(body)
@@ -1280,14 +1285,7 @@ async def clarify_item(
     clarification_id = await create_clarification(
         conn, db, person, body, settings=settings, now=now, via=f"review:{item_id}"
     )
-    await store.resolve_item(
-        conn,
-        item_id,
-        status=ReviewStatus.ATTACHED,
-        clarification_id=clarification_id,
-        by=person.id,
-        now=now,
-    )
+    await _resolve(conn, item_id, clarification_id=clarification_id, by=person.id, now=now)
     await _audit(conn, person, "rumor.review.attach", clarification_id, {}, item_id=item_id)
     if not publish:
         return clarification_id, Delivered()
@@ -1297,14 +1295,37 @@ async def clarify_item(
     return clarification_id, delivered
 
 
+async def _resolve(
+    conn: AsyncConnection,
+    item_id: int,
+    *,
+    status: str = ReviewStatus.ATTACHED,
+    clarification_id: int | None,
+    by: int,
+    now: datetime,
+) -> None:
+    """Close a pending item; refused (and the caller's transaction rolled back) when another
+    reviewer closed it first."""
+    if not await store.resolve_item(
+        conn,
+        item_id,
+        status=status,
+        clarification_id=clarification_id,
+        by=by,
+        now=now,
+    ):
+        closed = await store.get_item(conn, item_id)
+        raise RumorRefused("item_closed", 409, status=closed.status if closed else "")
+
+
 async def dismiss_item(
     conn: AsyncConnection, person: repo.PersonInfo, item_id: int, *, now: datetime
 ) -> None:
     """Not a rumor worth answering (chit-chat, an off-topic question)."""
-    item = await find_review_item(conn, person, item_id)
+    item = await find_review_item(conn, person, item_id, for_update=True)
     if item.status != ReviewStatus.PENDING:
         raise RumorRefused("item_closed", 409, status=item.status)
-    await store.resolve_item(
+    await _resolve(
         conn, item_id, status=ReviewStatus.DISMISSED, clarification_id=None, by=person.id, now=now
     )
     await repo.record_audit(

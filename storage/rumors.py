@@ -308,8 +308,11 @@ async def list_items(
     )
 
 
-async def get_item(conn: AsyncConnection, item_id: int) -> Any | None:
-    return (await conn.execute(select(items).where(items.c.id == item_id))).first()
+async def get_item(conn: AsyncConnection, item_id: int, *, for_update: bool = False) -> Any | None:
+    query = select(items).where(items.c.id == item_id)
+    if for_update and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return (await conn.execute(query)).first()
 
 
 async def item_in_scope(conn: AsyncConnection, item_id: int, paths: Sequence[str]) -> bool:
