@@ -26,7 +26,8 @@ found by the Jaccard resemblance of the character bigrams of the first
 knowledge base and of any corpus statistics, and robust to one copy being a prefix of another.
 The matcher's own score is not used for this: it measures how much of a short *claim* a long
 post contains (asymmetric, weighted by what tells *clarifications* apart), which is the wrong
-question for two posts.
+question for two posts.  A question joins a pending item, or one attached to a clarification
+still in draft (its askers are told when the draft is published).
 
 **Deliveries.**  Who received which version of a clarification is recorded.  When a
 clarification is published, or a review item is attached to a published one, everyone who asked
@@ -500,9 +501,14 @@ async def group_into_review(
     settings: Any,
     now: datetime,
 ) -> int:
-    """The review item for an unanswered question: a near-identical pending one, or a new one.
+    """The review item for an unanswered question: a near-identical open one, or a new one.
 
-    Counting into an existing item needs no lock (one atomic update of its row).  Creating an
+    Open means pending, or attached to a clarification still in draft: a question joining
+    that item is told when the draft is published, like the item's earlier askers.
+
+    Counting into a pending item needs no lock (one atomic update of its row); joining a
+    draft's item holds the draft in share mode until commit, so that publishing it sees the
+    question (see :func:`storage.rumors.count_into_item`).  Creating an
     item does: two near-identical questions asked at once (two lanes, two processes) would
     otherwise both find nothing and both create one.  So a question that found no pending
     item takes the grouping lock, looks again (the lock's previous holder has committed its
@@ -533,21 +539,23 @@ async def _count_into_nearest(
     settings: Any,
     now: datetime,
 ) -> int | None:
-    """Count the question into the most similar pending item, if one is similar enough."""
+    """Count the question into the most similar open item, if one is similar enough."""
     config = settings.rumors
-    candidates = await store.recent_pending_items(
+    candidates = await store.recent_open_items(
         conn, since=now - timedelta(days=config.group_window_days), limit=config.group_candidates
     )
-    best_id, best = None, 0.0
+    nearest, best = None, 0.0
     for item in candidates:
         score = resemblance(grams, head_bigrams(item.text))
         if score > best:
-            best_id, best = item.id, score
-    if best_id is None or best < config.group_similarity:
+            nearest, best = item, score
+    if nearest is None or best < config.group_similarity:
         return None
-    if not await store.count_into_item(conn, best_id, person_id=person_id, now=now):
-        return None  # closed by a reviewer since it was read: the question starts a new item
-    return int(best_id)
+    if not await store.count_into_item(
+        conn, nearest.id, draft_id=nearest.clarification_id, person_id=person_id, now=now
+    ):
+        return None  # closed (or its draft published) since it was read: start a new item
+    return int(nearest.id)
 
 
 # -- the conversation ------------------------------------------------------------------------

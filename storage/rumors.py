@@ -212,12 +212,22 @@ async def update_question(conn: AsyncConnection, question_id: int, **values: Any
     await conn.execute(update(questions).where(questions.c.id == question_id).values(**values))
 
 
-async def recent_pending_items(conn: AsyncConnection, *, since: datetime, limit: int) -> list[Any]:
-    """Pending review items last asked about since ``since``, most recent first."""
+async def recent_open_items(conn: AsyncConnection, *, since: datetime, limit: int) -> list[Any]:
+    """Review items still gathering questions, last asked about since ``since``, most recent
+    first: pending ones, and those attached to a clarification not yet published (a draft),
+    whose askers are told when it is.  ``clarification_id`` is that draft's, else ``None``."""
+    drafts = select(clarifications.c.id).where(clarifications.c.status == ClarificationStatus.DRAFT)
     return list(
         await conn.execute(
-            select(items.c.id, items.c.text)
-            .where(items.c.status == ReviewStatus.PENDING, items.c.last_asked_at >= since)
+            select(items.c.id, items.c.text, items.c.clarification_id)
+            .where(
+                or_(
+                    items.c.status == ReviewStatus.PENDING,
+                    (items.c.status == ReviewStatus.ATTACHED)
+                    & items.c.clarification_id.in_(drafts),
+                ),
+                items.c.last_asked_at >= since,
+            )
             .order_by(items.c.last_asked_at.desc(), items.c.id.desc())
             .limit(limit)
         )
@@ -255,10 +265,32 @@ async def lock_review_grouping(conn: AsyncConnection) -> None:
 
 
 async def count_into_item(
-    conn: AsyncConnection, item_id: int, *, person_id: int, now: datetime
+    conn: AsyncConnection,
+    item_id: int,
+    *,
+    draft_id: int | None = None,
+    person_id: int,
+    now: datetime,
 ) -> bool:
     """One more question in the item (call before the question row is written); False, and
-    nothing counted, when the item is not pending any more (a reviewer closed it meanwhile)."""
+    nothing counted, when the item is not open any more: a reviewer closed it meanwhile, or
+    (``draft_id``: the item is attached to that draft) the draft was published or deleted.
+
+    A question joining a draft's item holds the draft's row in share mode until commit
+    (PostgreSQL): publishing, which locks the row for update, waits for it and then tells
+    this asker too, or has committed first and the question is not counted here.
+    """
+    if draft_id is not None:
+        query = select(clarifications.c.status).where(clarifications.c.id == draft_id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(read=True)
+        if (await conn.execute(query)).scalar() != ClarificationStatus.DRAFT:
+            return False
+        still_open: Any = (items.c.status == ReviewStatus.ATTACHED) & (
+            items.c.clarification_id == draft_id
+        )
+    else:
+        still_open = items.c.status == ReviewStatus.PENDING
     asked_before = (
         await conn.execute(
             select(
@@ -270,7 +302,7 @@ async def count_into_item(
     ).scalar()
     result = await conn.execute(
         update(items)
-        .where(items.c.id == item_id, items.c.status == ReviewStatus.PENDING)
+        .where(items.c.id == item_id, still_open)
         .values(
             ask_count=items.c.ask_count + 1,
             asker_count=items.c.asker_count + (0 if asked_before else 1),
