@@ -1261,7 +1261,8 @@ async def attach_item(
     if row.expires_at is not None and row.expires_at <= now:
         raise RumorRefused("expired", 409, attach=True)
     await _resolve(conn, item_id, clarification_id=row.id, by=person.id, now=now)
-    await _audit(conn, person, "rumor.review.attach", row.id, {}, item_id=item_id)
+    left = await _leave_outside_for_review(conn, item_id, row.scope_path, now=now)
+    await _audit(conn, person, "rumor.review.attach", row.id, {}, item_id=item_id, **left)
     if row.status != ClarificationStatus.PUBLISHED:
         return Delivered()
     return await deliver_current(
@@ -1294,7 +1295,10 @@ async def clarify_item(
         conn, db, person, body, settings=settings, now=now, via=f"review:{item_id}"
     )
     await _resolve(conn, item_id, clarification_id=clarification_id, by=person.id, now=now)
-    await _audit(conn, person, "rumor.review.attach", clarification_id, {}, item_id=item_id)
+    created = await store.get_clarification(conn, clarification_id)
+    assert created is not None
+    left = await _leave_outside_for_review(conn, item_id, created.scope_path, now=now)
+    await _audit(conn, person, "rumor.review.attach", clarification_id, {}, item_id=item_id, **left)
     if not publish:
         return clarification_id, Delivered()
     delivered = await publish_clarification(
@@ -1324,6 +1328,17 @@ async def _resolve(
     ):
         closed = await store.get_item(conn, item_id)
         raise RumorRefused("item_closed", 409, status=closed.status if closed else "")
+
+
+async def _leave_outside_for_review(
+    conn: AsyncConnection, item_id: int, scope_path: str | None, *, now: datetime
+) -> dict[str, int]:
+    """Askers of an item answered with a clarification for one region who live elsewhere are
+    not told by it: their questions stay in review as a new pending item (for the audit)."""
+    if scope_path is None:
+        return {}
+    left = await store.split_off_outside(conn, item_id, scope_path=scope_path, now=now)
+    return {} if left is None else {"left_for_review": left}
 
 
 async def dismiss_item(

@@ -312,6 +312,65 @@ async def count_into_item(
     return bool(result.rowcount)
 
 
+def _living_under(scope_path: str) -> Any:
+    """The ids of people living in the region at ``scope_path`` or below it."""
+    return (
+        select(people.c.id)
+        .join(regions, regions.c.id == people.c.region_id)
+        .where(regions.c.path.startswith(scope_path))
+    )
+
+
+async def split_off_outside(
+    conn: AsyncConnection, item_id: int, *, scope_path: str, now: datetime
+) -> int | None:
+    """Move the questions of review item ``item_id`` asked by people not living under
+    ``scope_path`` to a new pending item (same claim text, its own counts), and take them off
+    the item's counts; the new item's id, or ``None`` when every asker lives there.  Call with
+    the item locked (it is being attached).
+
+    An item answered with a clarification for one region keeps only the askers it will
+    tell; the others stay in review, for an admin of where they live.
+    """
+    moved = list(
+        await conn.execute(
+            select(questions.c.id, questions.c.person_id, questions.c.asked_at).where(
+                questions.c.review_item_id == item_id,
+                questions.c.person_id.not_in(_living_under(scope_path)),
+            )
+        )
+    )
+    if not moved:
+        return None
+    item = (await conn.execute(select(items).where(items.c.id == item_id))).one()
+    askers = len({q.person_id for q in moved})
+    new_id = await _insert(
+        conn,
+        items,
+        text=item.text,
+        sample=item.sample,
+        ask_count=len(moved),
+        asker_count=askers,
+        first_asked_at=min(q.asked_at for q in moved),
+        last_asked_at=max(q.asked_at for q in moved),
+        status=ReviewStatus.PENDING,
+    )
+    await conn.execute(
+        update(questions)
+        .where(questions.c.id.in_([q.id for q in moved]))
+        .values(review_item_id=new_id)
+    )
+    await conn.execute(
+        update(items)
+        .where(items.c.id == item_id)
+        .values(
+            ask_count=max(item.ask_count - len(moved), 0),
+            asker_count=max(item.asker_count - askers, 0),
+        )
+    )
+    return new_id
+
+
 def _asked_in(paths: Sequence[str]) -> Any:
     """Some question of the item was asked by a person living under one of ``paths``."""
     asker_regions = select(regions.c.id).where(or_(*[regions.c.path.startswith(p) for p in paths]))
@@ -437,10 +496,7 @@ async def askers_to_notify(
         .limit(limit)
     )
     if scope_path is not None:
-        living_there = select(people.c.id).join(regions, regions.c.id == people.c.region_id)
-        query = query.where(
-            questions.c.person_id.in_(living_there.where(regions.c.path.startswith(scope_path)))
-        )
+        query = query.where(questions.c.person_id.in_(_living_under(scope_path)))
     return [row.person_id for row in await conn.execute(query)]
 
 
