@@ -928,7 +928,7 @@ async def publish_clarification(
     if row.status == ClarificationStatus.PUBLISHED:
         raise RumorRefused("already_published", 409)
     if row.expires_at is not None and row.expires_at <= now:
-        raise RumorRefused("expired", 409)
+        raise RumorRefused("expired", 409, attach=False)
     await store.update_clarification(
         conn,
         db,

@@ -256,6 +256,11 @@ async def test_attaching_to_a_clarification_that_expired_is_refused_and_nothing_
     assert [i["id"] for i in await pending_items(client, token)] == [item["id"]]
     assert await rumor_outbox(db, cid) == []
     assert await count(db, deliveries) == 0
+    await ok(await call(client, token, "POST", f"/clarifications/{cid}/withdraw"))
+    error = await refused(
+        await call(client, token, "POST", f"/clarifications/{cid}/publish"), 409, "expired"
+    )
+    assert "再发布" in error["message"]
 
 
 # -- scope -----------------------------------------------------------------------------------
