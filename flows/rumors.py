@@ -26,7 +26,8 @@ found by the Jaccard resemblance of the character bigrams of the first
 knowledge base and of any corpus statistics, and robust to one copy being a prefix of another.
 The matcher's own score is not used for this: it measures how much of a short *claim* a long
 post contains (asymmetric, weighted by what tells *clarifications* apart), which is the wrong
-question for two posts.
+question for two posts.  A question joins a pending item, or one attached to a clarification
+still in draft (its askers are told when the draft is published).
 
 **Deliveries.**  Who received which version of a clarification is recorded.  When a
 clarification is published, or a review item is attached to a published one, everyone who asked
@@ -34,7 +35,9 @@ about it (through any question grouped into the item) and has not received it ge
 through the outbox with the key ``rumor:<id>:v<version>:<person id>``.  An edit of a published
 clarification keeps the replaced content as history, raises the version, and sends the new
 version, marked as an update, to everyone who received an earlier one; regions it was pushed to
-get the correction as a notice again.  Withdrawing a published clarification tells everyone
+get the correction as a notice, once per version.  An edit of only what residents do not read
+(scope, expiry) raises the version too (the history keeps it) but sends nothing: versions that
+read alike count as received.  Withdrawing a published clarification tells everyone
 who received any version of it, and the regions it was pushed to, that it no longer holds.
 """
 
@@ -498,9 +501,14 @@ async def group_into_review(
     settings: Any,
     now: datetime,
 ) -> int:
-    """The review item for an unanswered question: a near-identical pending one, or a new one.
+    """The review item for an unanswered question: a near-identical open one, or a new one.
 
-    Counting into an existing item needs no lock (one atomic update of its row).  Creating an
+    Open means pending, or attached to a clarification still in draft: a question joining
+    that item is told when the draft is published, like the item's earlier askers.
+
+    Counting into a pending item needs no lock (one atomic update of its row); joining a
+    draft's item holds the draft in share mode until commit, so that publishing it sees the
+    question (see :func:`storage.rumors.count_into_item`).  Creating an
     item does: two near-identical questions asked at once (two lanes, two processes) would
     otherwise both find nothing and both create one.  So a question that found no pending
     item takes the grouping lock, looks again (the lock's previous holder has committed its
@@ -531,21 +539,23 @@ async def _count_into_nearest(
     settings: Any,
     now: datetime,
 ) -> int | None:
-    """Count the question into the most similar pending item, if one is similar enough."""
+    """Count the question into the most similar open item, if one is similar enough."""
     config = settings.rumors
-    candidates = await store.recent_pending_items(
+    candidates = await store.recent_open_items(
         conn, since=now - timedelta(days=config.group_window_days), limit=config.group_candidates
     )
-    best_id, best = None, 0.0
+    nearest, best = None, 0.0
     for item in candidates:
         score = resemblance(grams, head_bigrams(item.text))
         if score > best:
-            best_id, best = item.id, score
-    if best_id is None or best < config.group_similarity:
+            nearest, best = item, score
+    if nearest is None or best < config.group_similarity:
         return None
-    if not await store.count_into_item(conn, best_id, person_id=person_id, now=now):
-        return None  # closed by a reviewer since it was read: the question starts a new item
-    return int(best_id)
+    if not await store.count_into_item(
+        conn, nearest.id, draft_id=nearest.clarification_id, person_id=person_id, now=now
+    ):
+        return None  # closed (or its draft published) since it was read: start a new item
+    return int(nearest.id)
 
 
 # -- the conversation ------------------------------------------------------------------------
@@ -778,10 +788,15 @@ async def find_managed(
 
 
 async def find_visible(
-    conn: AsyncConnection, person: repo.PersonInfo, clarification_id: int
+    conn: AsyncConnection,
+    person: repo.PersonInfo,
+    clarification_id: int,
+    *,
+    for_update: bool = False,
 ) -> Any:
+    """A clarification the person may see (``for_update``: locked on PostgreSQL until commit)."""
     check_manager(person)
-    row = await store.get_clarification(conn, clarification_id)
+    row = await store.get_clarification(conn, clarification_id, for_update=for_update)
     if row is None or not can_see(person, row.scope_path):
         raise RumorRefused("not_found", 404, id=clarification_id)
     return row
@@ -913,7 +928,7 @@ async def publish_clarification(
     if row.status == ClarificationStatus.PUBLISHED:
         raise RumorRefused("already_published", 409)
     if row.expires_at is not None and row.expires_at <= now:
-        raise RumorRefused("expired", 409)
+        raise RumorRefused("expired", 409, attach=False)
     await store.update_clarification(
         conn,
         db,
@@ -1012,9 +1027,10 @@ async def deliver_current(
     """Send the published clarification ``row`` to everyone owed its current version.
 
     Askers (of attached review items) who never received it get it once; people who received
-    an earlier version get this one as an update; regions an earlier version was pushed to get
-    a correction notice.  When it is ``republished`` after a withdrawal, the people and
-    regions told of the withdrawal are told it stands again.  One page of people per statement.
+    an earlier version that reads differently get this one as an update; audiences whose
+    latest push is of such a version get a correction notice.  When it is ``republished``
+    after a withdrawal, the people and regions told of the withdrawal are told it stands
+    again.  One page of people per statement.
     """
     delivered = Delivered()
     page = settings.rumors.notify_page_size
@@ -1044,9 +1060,12 @@ async def deliver_current(
         )
     ):
         delivered.notified += await send(ids, notify_text, DeliveryKind.NOTIFY)
+    # Versions residents read exactly as this one (only the scope or expiry changed since):
+    # whoever has one of those, or a region it was pushed to, needs no update.
+    alike = await store.versions_reading_alike(conn, row)
     async for ids in _id_pages(
         lambda after: store.earlier_recipients(
-            conn, row.id, version=row.version, after=after, limit=page
+            conn, row.id, version=row.version, alike=alike, after=after, limit=page
         )
     ):
         delivered.updated += await send(ids, update_text, DeliveryKind.UPDATE)
@@ -1063,8 +1082,10 @@ async def deliver_current(
         pushes = await store.list_pushes(conn, row.id)
         notice_text, via = back_text, "rumor-republished"
     else:
-        # A correction notice to each audience an earlier version was pushed to.
-        pushes = await store.pushes_before(conn, row.id, row.version)
+        # A correction notice to each audience whose latest push is of an earlier version
+        # that reads differently (a correction already sent is recorded as a push of the
+        # version it carried, so each audience gets each version's notice once).
+        pushes = _pushes_behind(await store.list_pushes(conn, row.id), {row.version, *alike})
         notice_text, via = update_text, "rumor-update"
     delivered.notice_ids = await _notice_pushed_audiences(
         conn,
@@ -1078,6 +1099,21 @@ async def deliver_current(
         record=True,
     )
     return delivered
+
+
+def _audience_key(audience: dict[str, Any]) -> str:
+    return repr(sorted(audience.items()))
+
+
+def _pushes_behind(pushes: Sequence[Any], current: set[int]) -> list[Any]:
+    """The latest push to each audience, for the audiences whose latest push is of a version
+    not in ``current``."""
+    latest: dict[str, Any] = {}
+    for push in pushes:
+        key = _audience_key(push.audience)
+        if key not in latest or push.version >= latest[key].version:
+            latest[key] = push
+    return sorted((p for p in latest.values() if p.version not in current), key=lambda p: int(p.id))
 
 
 async def _id_pages(fetch: Callable[[int], Awaitable[list[int]]]) -> AsyncIterator[list[int]]:
@@ -1127,7 +1163,7 @@ async def _notice_pushed_audiences(
     notice_ids = []
     for push in pushes:
         audience = push.audience
-        key = repr(sorted(audience.items()))
+        key = _audience_key(audience)
         if key in done:
             continue
         done.add(key)
@@ -1165,10 +1201,13 @@ async def _notice_pushed_audiences(
 # -- review queue ----------------------------------------------------------------------------
 
 
-async def find_review_item(conn: AsyncConnection, person: repo.PersonInfo, item_id: int) -> Any:
-    """A review item some of whose askers live in the person's scope."""
+async def find_review_item(
+    conn: AsyncConnection, person: repo.PersonInfo, item_id: int, *, for_update: bool = False
+) -> Any:
+    """A review item some of whose askers live in the person's scope (``for_update``: locked
+    on PostgreSQL until commit, so that reviewers resolve it one at a time)."""
     check_manager(person)
-    item = await store.get_item(conn, item_id)
+    item = await store.get_item(conn, item_id, for_update=for_update)
     if item is None or not await store.item_in_scope(conn, item_id, manager_paths(person)):
         raise RumorRefused("item_not_found", 404, id=item_id)
     return item
@@ -1213,19 +1252,17 @@ async def attach_item(
 ) -> Delivered:
     """Answer a review item with an existing clarification; its askers are told once it is
     published (now, if it is)."""
-    item = await find_review_item(conn, person, item_id)
-    row = await find_visible(conn, person, clarification_id)
+    item = await find_review_item(conn, person, item_id, for_update=True)
     if item.status != ReviewStatus.PENDING:
         raise RumorRefused("item_closed", 409, status=item.status)
-    await store.resolve_item(
-        conn,
-        item_id,
-        status=ReviewStatus.ATTACHED,
-        clarification_id=row.id,
-        by=person.id,
-        now=now,
-    )
-    await _audit(conn, person, "rumor.review.attach", row.id, {}, item_id=item_id)
+    # Read only now, and locked until commit: an edit or a withdrawal that committed while this
+    # waited for the item is what the askers get (or are spared), and none commits meanwhile.
+    row = await find_visible(conn, person, clarification_id, for_update=True)
+    if row.expires_at is not None and row.expires_at <= now:
+        raise RumorRefused("expired", 409, attach=True)
+    await _resolve(conn, item_id, clarification_id=row.id, by=person.id, now=now)
+    left = await _leave_outside_for_review(conn, item_id, row.scope_path, now=now)
+    await _audit(conn, person, "rumor.review.attach", row.id, {}, item_id=item_id, **left)
     if row.status != ClarificationStatus.PUBLISHED:
         return Delivered()
     return await deliver_current(
@@ -1246,7 +1283,7 @@ async def clarify_item(
 ) -> tuple[int, Delivered]:
     """Create a clarification for a review item (its claim defaults to the item's sample),
     attach the item, and publish at once when ``"publish": true``."""
-    item = await find_review_item(conn, person, item_id)
+    item = await find_review_item(conn, person, item_id, for_update=True)
     if item.status != ReviewStatus.PENDING:
         raise RumorRefused("item_closed", 409, status=item.status)
     body = dict(body)
@@ -1257,15 +1294,11 @@ async def clarify_item(
     clarification_id = await create_clarification(
         conn, db, person, body, settings=settings, now=now, via=f"review:{item_id}"
     )
-    await store.resolve_item(
-        conn,
-        item_id,
-        status=ReviewStatus.ATTACHED,
-        clarification_id=clarification_id,
-        by=person.id,
-        now=now,
-    )
-    await _audit(conn, person, "rumor.review.attach", clarification_id, {}, item_id=item_id)
+    await _resolve(conn, item_id, clarification_id=clarification_id, by=person.id, now=now)
+    created = await store.get_clarification(conn, clarification_id)
+    assert created is not None
+    left = await _leave_outside_for_review(conn, item_id, created.scope_path, now=now)
+    await _audit(conn, person, "rumor.review.attach", clarification_id, {}, item_id=item_id, **left)
     if not publish:
         return clarification_id, Delivered()
     delivered = await publish_clarification(
@@ -1274,14 +1307,48 @@ async def clarify_item(
     return clarification_id, delivered
 
 
+async def _resolve(
+    conn: AsyncConnection,
+    item_id: int,
+    *,
+    status: str = ReviewStatus.ATTACHED,
+    clarification_id: int | None,
+    by: int,
+    now: datetime,
+) -> None:
+    """Close a pending item; refused (and the caller's transaction rolled back) when another
+    reviewer closed it first."""
+    if not await store.resolve_item(
+        conn,
+        item_id,
+        status=status,
+        clarification_id=clarification_id,
+        by=by,
+        now=now,
+    ):
+        closed = await store.get_item(conn, item_id)
+        raise RumorRefused("item_closed", 409, status=closed.status if closed else "")
+
+
+async def _leave_outside_for_review(
+    conn: AsyncConnection, item_id: int, scope_path: str | None, *, now: datetime
+) -> dict[str, int]:
+    """Askers of an item answered with a clarification for one region who live elsewhere are
+    not told by it: their questions stay in review as a new pending item (for the audit)."""
+    if scope_path is None:
+        return {}
+    left = await store.split_off_outside(conn, item_id, scope_path=scope_path, now=now)
+    return {} if left is None else {"left_for_review": left}
+
+
 async def dismiss_item(
     conn: AsyncConnection, person: repo.PersonInfo, item_id: int, *, now: datetime
 ) -> None:
     """Not a rumor worth answering (chit-chat, an off-topic question)."""
-    item = await find_review_item(conn, person, item_id)
+    item = await find_review_item(conn, person, item_id, for_update=True)
     if item.status != ReviewStatus.PENDING:
         raise RumorRefused("item_closed", 409, status=item.status)
-    await store.resolve_item(
+    await _resolve(
         conn, item_id, status=ReviewStatus.DISMISSED, clarification_id=None, by=person.id, now=now
     )
     await repo.record_audit(
@@ -1403,20 +1470,19 @@ async def report(
 ) -> Report:
     """The most asked claims in ``[since, until)`` by people living under ``paths``, answered
     and unanswered; with ``root``, each claim's questions per region right below it."""
-    counts = await store.asked_counts(conn, paths=paths, since=since, until=until)
-    totals: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+    per_claim, per_region = await store.asked_counts(conn, paths=paths, since=since, until=until)
+
+    def key_of(count: store.AskedCount) -> tuple[str, int]:
+        if count.clarification_id is not None:
+            return ("clarification", count.clarification_id)
+        return ("review_item", int(count.item_id or 0))
+
+    totals = {key_of(c): (c.asks, c.people) for c in per_claim}
     by_region: dict[tuple[str, int], dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for row in counts:
-        key = (
-            ("clarification", row.clarification_id)
-            if row.clarification_id is not None
-            else ("review_item", int(row.item_id or 0))
-        )
-        totals[key][0] += row.asks
-        totals[key][1] += row.people
-        child = _child_below(root, row.region_path)
+    for count in per_region:
+        child = _child_below(root, count.region_path or "")
         if child is not None:
-            by_region[key][child] += row.asks
+            by_region[key_of(count)][child] += count.asks
 
     def top(kind: str) -> list[tuple[str, int]]:
         keys = [k for k in totals if k[0] == kind]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, exists, func, or_, select, text, update
+from sqlalchemy import Table, case, delete, exists, func, null, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db import Database
@@ -56,6 +56,8 @@ CONTENT_FIELDS = (
     "expires_at",
 )
 """What an edit can change, and what a history row keeps."""
+RESIDENT_FIELDS = ("claim", "verdict", "explanation", "source_name", "source_url")
+"""What residents read of a clarification (its scope and expiry are not shown)."""
 
 
 async def _insert(conn: AsyncConnection, table: Table, **values: Any) -> int:
@@ -210,12 +212,22 @@ async def update_question(conn: AsyncConnection, question_id: int, **values: Any
     await conn.execute(update(questions).where(questions.c.id == question_id).values(**values))
 
 
-async def recent_pending_items(conn: AsyncConnection, *, since: datetime, limit: int) -> list[Any]:
-    """Pending review items last asked about since ``since``, most recent first."""
+async def recent_open_items(conn: AsyncConnection, *, since: datetime, limit: int) -> list[Any]:
+    """Review items still gathering questions, last asked about since ``since``, most recent
+    first: pending ones, and those attached to a clarification not yet published (a draft),
+    whose askers are told when it is.  ``clarification_id`` is that draft's, else ``None``."""
+    drafts = select(clarifications.c.id).where(clarifications.c.status == ClarificationStatus.DRAFT)
     return list(
         await conn.execute(
-            select(items.c.id, items.c.text)
-            .where(items.c.status == ReviewStatus.PENDING, items.c.last_asked_at >= since)
+            select(items.c.id, items.c.text, items.c.clarification_id)
+            .where(
+                or_(
+                    items.c.status == ReviewStatus.PENDING,
+                    (items.c.status == ReviewStatus.ATTACHED)
+                    & items.c.clarification_id.in_(drafts),
+                ),
+                items.c.last_asked_at >= since,
+            )
             .order_by(items.c.last_asked_at.desc(), items.c.id.desc())
             .limit(limit)
         )
@@ -253,10 +265,32 @@ async def lock_review_grouping(conn: AsyncConnection) -> None:
 
 
 async def count_into_item(
-    conn: AsyncConnection, item_id: int, *, person_id: int, now: datetime
+    conn: AsyncConnection,
+    item_id: int,
+    *,
+    draft_id: int | None = None,
+    person_id: int,
+    now: datetime,
 ) -> bool:
     """One more question in the item (call before the question row is written); False, and
-    nothing counted, when the item is not pending any more (a reviewer closed it meanwhile)."""
+    nothing counted, when the item is not open any more: a reviewer closed it meanwhile, or
+    (``draft_id``: the item is attached to that draft) the draft was published or deleted.
+
+    A question joining a draft's item holds the draft's row in share mode until commit
+    (PostgreSQL): publishing, which locks the row for update, waits for it and then tells
+    this asker too, or has committed first and the question is not counted here.
+    """
+    if draft_id is not None:
+        query = select(clarifications.c.status).where(clarifications.c.id == draft_id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(read=True)
+        if (await conn.execute(query)).scalar() != ClarificationStatus.DRAFT:
+            return False
+        still_open: Any = (items.c.status == ReviewStatus.ATTACHED) & (
+            items.c.clarification_id == draft_id
+        )
+    else:
+        still_open = items.c.status == ReviewStatus.PENDING
     asked_before = (
         await conn.execute(
             select(
@@ -268,7 +302,7 @@ async def count_into_item(
     ).scalar()
     result = await conn.execute(
         update(items)
-        .where(items.c.id == item_id, items.c.status == ReviewStatus.PENDING)
+        .where(items.c.id == item_id, still_open)
         .values(
             ask_count=items.c.ask_count + 1,
             asker_count=items.c.asker_count + (0 if asked_before else 1),
@@ -276,6 +310,65 @@ async def count_into_item(
         )
     )
     return bool(result.rowcount)
+
+
+def _living_under(scope_path: str) -> Any:
+    """The ids of people living in the region at ``scope_path`` or below it."""
+    return (
+        select(people.c.id)
+        .join(regions, regions.c.id == people.c.region_id)
+        .where(regions.c.path.startswith(scope_path))
+    )
+
+
+async def split_off_outside(
+    conn: AsyncConnection, item_id: int, *, scope_path: str, now: datetime
+) -> int | None:
+    """Move the questions of review item ``item_id`` asked by people not living under
+    ``scope_path`` to a new pending item (same claim text, its own counts), and take them off
+    the item's counts; the new item's id, or ``None`` when every asker lives there.  Call with
+    the item locked (it is being attached).
+
+    An item answered with a clarification for one region keeps only the askers it will
+    tell; the others stay in review, for an admin of where they live.
+    """
+    moved = list(
+        await conn.execute(
+            select(questions.c.id, questions.c.person_id, questions.c.asked_at).where(
+                questions.c.review_item_id == item_id,
+                questions.c.person_id.not_in(_living_under(scope_path)),
+            )
+        )
+    )
+    if not moved:
+        return None
+    item = (await conn.execute(select(items).where(items.c.id == item_id))).one()
+    askers = len({q.person_id for q in moved})
+    new_id = await _insert(
+        conn,
+        items,
+        text=item.text,
+        sample=item.sample,
+        ask_count=len(moved),
+        asker_count=askers,
+        first_asked_at=min(q.asked_at for q in moved),
+        last_asked_at=max(q.asked_at for q in moved),
+        status=ReviewStatus.PENDING,
+    )
+    await conn.execute(
+        update(questions)
+        .where(questions.c.id.in_([q.id for q in moved]))
+        .values(review_item_id=new_id)
+    )
+    await conn.execute(
+        update(items)
+        .where(items.c.id == item_id)
+        .values(
+            ask_count=max(item.ask_count - len(moved), 0),
+            asker_count=max(item.asker_count - askers, 0),
+        )
+    )
+    return new_id
 
 
 def _asked_in(paths: Sequence[str]) -> Any:
@@ -306,8 +399,11 @@ async def list_items(
     )
 
 
-async def get_item(conn: AsyncConnection, item_id: int) -> Any | None:
-    return (await conn.execute(select(items).where(items.c.id == item_id))).first()
+async def get_item(conn: AsyncConnection, item_id: int, *, for_update: bool = False) -> Any | None:
+    query = select(items).where(items.c.id == item_id)
+    if for_update and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return (await conn.execute(query)).first()
 
 
 async def item_in_scope(conn: AsyncConnection, item_id: int, paths: Sequence[str]) -> bool:
@@ -400,29 +496,43 @@ async def askers_to_notify(
         .limit(limit)
     )
     if scope_path is not None:
-        living_there = select(people.c.id).join(regions, regions.c.id == people.c.region_id)
-        query = query.where(
-            questions.c.person_id.in_(living_there.where(regions.c.path.startswith(scope_path)))
-        )
+        query = query.where(questions.c.person_id.in_(_living_under(scope_path)))
     return [row.person_id for row in await conn.execute(query)]
 
 
-async def earlier_recipients(
-    conn: AsyncConnection, clarification_id: int, *, version: int, after: int, limit: int
-) -> list[int]:
-    """People who received a version of the clarification older than ``version`` and were not
-    told it was withdrawn since (one page)."""
+async def versions_reading_alike(conn: AsyncConnection, row: Any) -> list[int]:
+    """Earlier versions of clarification ``row`` that residents read exactly as its current
+    one (an edit changed only its scope or expiry since)."""
     rows = await conn.execute(
-        select(deliveries.c.person_id)
-        .where(
-            deliveries.c.clarification_id == clarification_id,
-            deliveries.c.version < version,
-            deliveries.c.kind != DeliveryKind.WITHDRAWN,
-            deliveries.c.person_id > after,
+        select(history.c.version).where(
+            history.c.clarification_id == row.id,
+            *[history.c[name] == getattr(row, name) for name in RESIDENT_FIELDS],
         )
-        .order_by(deliveries.c.person_id)
-        .limit(limit)
     )
+    return [r.version for r in rows]
+
+
+async def earlier_recipients(
+    conn: AsyncConnection,
+    clarification_id: int,
+    *,
+    version: int,
+    alike: Sequence[int] = (),
+    after: int,
+    limit: int,
+) -> list[int]:
+    """People who received a version of the clarification older than ``version`` (other than
+    the versions ``alike``, which read the same) and were not told it was withdrawn since
+    (one page)."""
+    query = select(deliveries.c.person_id).where(
+        deliveries.c.clarification_id == clarification_id,
+        deliveries.c.version < version,
+        deliveries.c.kind != DeliveryKind.WITHDRAWN,
+        deliveries.c.person_id > after,
+    )
+    if alike:
+        query = query.where(deliveries.c.version.not_in(list(alike)))
+    rows = await conn.execute(query.order_by(deliveries.c.person_id).limit(limit))
     return [row.person_id for row in rows]
 
 
@@ -477,17 +587,6 @@ async def insert_push(conn: AsyncConnection, **values: Any) -> int:
     return await _insert(conn, pushes, **values)
 
 
-async def pushes_before(conn: AsyncConnection, clarification_id: int, version: int) -> list[Any]:
-    """Pushes of versions older than ``version``, oldest first."""
-    return list(
-        await conn.execute(
-            select(pushes)
-            .where(pushes.c.clarification_id == clarification_id, pushes.c.version < version)
-            .order_by(pushes.c.id)
-        )
-    )
-
-
 async def list_pushes(conn: AsyncConnection, clarification_id: int) -> list[Any]:
     return list(
         await conn.execute(
@@ -503,19 +602,22 @@ async def list_pushes(conn: AsyncConnection, clarification_id: int) -> list[Any]
 
 @dataclass(frozen=True, slots=True)
 class AskedCount:
-    """Questions about one claim from one region in a period."""
+    """Questions about one claim in a period: all of them (``region_path`` ``None``), or those
+    from one asker region."""
 
     clarification_id: int | None
     item_id: int | None
-    region_path: str
+    region_path: str | None
     asks: int
     people: int
 
 
 async def asked_counts(
     conn: AsyncConnection, *, paths: Sequence[str], since: datetime, until: datetime
-) -> list[AskedCount]:
-    """Questions asked from under ``paths`` in ``[since, until)``, per claim and asker region.
+) -> tuple[list[AskedCount], list[AskedCount]]:
+    """Questions asked from under ``paths`` in ``[since, until)``: per claim, and per claim and
+    asker region.  People are counted distinct within each group, so one person who asked
+    about a claim twice (before and after it was verified, or from two review items) is one.
 
     A claim is the clarification a question was answered with (directly, by choice, or through
     its review item once attached), else its review item.  Questions only shown suggestions are
@@ -523,40 +625,39 @@ async def asked_counts(
     """
     item = items.alias("item")
     claim_id = func.coalesce(questions.c.clarification_id, item.c.clarification_id)
-    rows = await conn.execute(
-        select(
-            claim_id.label("clarification_id"),
-            questions.c.review_item_id,
-            regions.c.path,
-            func.count().label("asks"),
-            func.count(func.distinct(questions.c.person_id)).label("people"),
-        )
-        .select_from(
-            questions.outerjoin(item, item.c.id == questions.c.review_item_id).join(
-                regions, regions.c.id == questions.c.region_id
-            )
-        )
-        .where(
-            questions.c.asked_at >= since,
-            questions.c.asked_at < until,
-            or_(*[regions.c.path.startswith(p) for p in paths]),
-            or_(questions.c.clarification_id.isnot(None), questions.c.review_item_id.isnot(None)),
-        )
-        .group_by(claim_id, questions.c.review_item_id, regions.c.path)
+    item_id = case((claim_id.is_(None), questions.c.review_item_id), else_=null())
+    source = questions.outerjoin(item, item.c.id == questions.c.review_item_id).join(
+        regions, regions.c.id == questions.c.region_id
     )
-    result = []
-    for row in rows:
-        answered = row.clarification_id is not None
-        result.append(
-            AskedCount(
-                clarification_id=row.clarification_id if answered else None,
-                item_id=None if answered else row.review_item_id,
-                region_path=row.path,
-                asks=int(row.asks),
-                people=int(row.people),
-            )
+    where = (
+        questions.c.asked_at >= since,
+        questions.c.asked_at < until,
+        or_(*[regions.c.path.startswith(p) for p in paths]),
+        or_(questions.c.clarification_id.isnot(None), questions.c.review_item_id.isnot(None)),
+    )
+    asks = func.count().label("asks")
+    people = func.count(func.distinct(questions.c.person_id)).label("people")
+    keys = (claim_id.label("clarification_id"), item_id.label("item_id"))
+    per_claim = await conn.execute(
+        select(*keys, asks, people).select_from(source).where(*where).group_by(claim_id, item_id)
+    )
+    per_region = await conn.execute(
+        select(*keys, regions.c.path, asks, people)
+        .select_from(source)
+        .where(*where)
+        .group_by(claim_id, item_id, regions.c.path)
+    )
+
+    def count(row: Any, path: str | None) -> AskedCount:
+        return AskedCount(
+            clarification_id=row.clarification_id,
+            item_id=row.item_id,
+            region_path=path,
+            asks=int(row.asks),
+            people=int(row.people),
         )
-    return result
+
+    return [count(r, None) for r in per_claim], [count(r, r.path) for r in per_region]
 
 
 async def clarification_heads(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, Any]:

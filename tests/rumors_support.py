@@ -5,9 +5,10 @@ Every claim and post in these tests is invented; none comes from the evaluation 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from bot.api import PREFIX, create_token
 from storage import repo
@@ -145,3 +146,23 @@ async def residents_in(db: Any, demo: Any, grid_code: str, n: int) -> list[int]:
                 break
     assert len(found) == n
     return found
+
+
+async def lock_waiters(conn: Any) -> int:
+    """Backends of this database waiting for a lock (a row, table or advisory lock)."""
+    found = await conn.execute(
+        text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    )
+    return int(found.scalar_one())
+
+
+async def until_waiting(engine: Any, n: int) -> None:
+    """Until ``n`` transactions of this database wait for a lock (PostgreSQL)."""
+    async with engine.connect() as watcher:
+        async with asyncio.timeout(60):  # a guard against hanging, not a measurement
+            while await lock_waiters(watcher) < n:
+                await watcher.commit()  # a fresh snapshot of pg_stat_activity
+                await asyncio.sleep(0.05)

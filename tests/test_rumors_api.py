@@ -4,6 +4,7 @@ validation and the report."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -25,13 +26,16 @@ from rumors_support import (
     ok,
     outbox,
     publish,
+    questions,
     refused,
     residents_in,
     rows,
     say,
     sim_messages,
+    until_waiting,
 )
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.api import PREFIX, create_token
 from storage import rumors as store
@@ -225,6 +229,40 @@ async def test_state_changes_are_checked(make_config, start_app, demo, db):
     await refused(await call(client, token, "GET", "/clarifications/abc"), 400, "bad_parameter")
 
 
+async def test_attaching_to_a_clarification_that_expired_is_refused_and_nothing_sent(
+    make_config, start_app, demo, db
+):
+    """Publishing an expired clarification is refused; so is answering askers with one that
+    expired after publication."""
+    client, _ = await start_app(make_config())
+    token = await admin_token(db, demo)
+    soon = (utcnow() + timedelta(days=1)).isoformat()
+    cid = (await publish(client, token, {**LIQUOR, **DISTRICT, "expires_at": soon}))["id"]
+    async with db.write() as conn:
+        await store.update_clarification(conn, db, cid, expires_at=utcnow() - timedelta(seconds=1))
+    asker = demo.resident_ids[0]
+    await ask_unknown(client, [asker])
+    [item] = await pending_items(client, token)
+
+    error = await refused(
+        await call(
+            client, token, "POST", f"/review/{item['id']}/attach", json={"clarification_id": cid}
+        ),
+        409,
+        "expired",
+    )
+
+    assert "再关联" in error["message"]
+    assert [i["id"] for i in await pending_items(client, token)] == [item["id"]]
+    assert await rumor_outbox(db, cid) == []
+    assert await count(db, deliveries) == 0
+    await ok(await call(client, token, "POST", f"/clarifications/{cid}/withdraw"))
+    error = await refused(
+        await call(client, token, "POST", f"/clarifications/{cid}/publish"), 409, "expired"
+    )
+    assert "再发布" in error["message"]
+
+
 # -- scope -----------------------------------------------------------------------------------
 
 
@@ -405,6 +443,30 @@ async def test_item_attached_to_a_draft_is_told_on_publish(make_config, start_ap
     assert sorted(r.person_id for r in await rumor_outbox(db, draft["id"])) == sorted([a, b])
 
 
+async def test_asking_after_the_item_was_attached_to_a_draft_joins_it_and_is_told_on_publish(
+    make_config, start_app, demo, db
+):
+    client, _ = await start_app(make_config())
+    token = await admin_token(db, demo)
+    first, second = demo.resident_ids[:2]
+    await ask_unknown(client, [first])
+    [item] = await pending_items(client, token)
+    draft = await ok(
+        await call(client, token, "POST", f"/review/{item['id']}/clarification", json=CLAIM), 201
+    )
+
+    await ask_unknown(client, [second], post="转发：" + UNKNOWN_POST)
+
+    assert await pending_items(client, token) == []
+    [joined] = await rows(db, items)
+    assert (joined.status, joined.ask_count, joined.asker_count) == ("attached", 2, 2)
+    published = await ok(
+        await call(client, token, "POST", f"/clarifications/{draft['id']}/publish")
+    )
+    assert published["delivered"]["notified"] == 2
+    assert sorted(r.person_id for r in await rumor_outbox(db, draft["id"])) == [first, second]
+
+
 async def test_region_scoped_clarification_notifies_only_askers_in_it(
     make_config, start_app, demo, db
 ):
@@ -429,6 +491,46 @@ async def test_region_scoped_clarification_notifies_only_askers_in_it(
     assert [r.person_id for r in await rumor_outbox(db, created["id"])] == [north]
 
 
+async def test_askers_outside_a_scoped_clarification_stay_in_review_as_a_new_item(
+    make_config, start_app, demo, db
+):
+    """A street admin answers a shared item with a clarification for their street: the asker
+    living in the other street is not told by it, so their question stays pending, in a new
+    item of its own that the district admin can answer."""
+    client, _ = await start_app(make_config())
+    district = await admin_token(db, demo)
+    [north] = await residents_in(db, demo, "G0101", 1)
+    [south, south_again] = await residents_in(db, demo, "G0201", 2)
+    await ask_unknown(client, [north, south, south_again])
+    await ask_unknown(client, [north], post="转发：" + UNKNOWN_POST)
+    south_admin_id = demo.wardens["G0201"]
+    await grant(db, south_admin_id, Role.ADMIN, "S02")
+    south_admin = await create_token(db, south_admin_id)
+    [item] = await pending_items(client, south_admin)
+
+    created = await ok(
+        await call(
+            client,
+            south_admin,
+            "POST",
+            f"/review/{item['id']}/clarification",
+            json={**CLAIM, "region": "S02", "publish": True},
+        ),
+        201,
+    )
+
+    told = sorted(r.person_id for r in await rumor_outbox(db, created["id"]))
+    assert told == sorted([south, south_again])
+    [left] = await pending_items(client, district)
+    assert left["id"] != item["id"]
+    assert (left["ask_count"], left["asker_count"]) == (2, 1)
+    assert await pending_items(client, south_admin) == []
+    [answered] = await rows(db, items, items.c.id == item["id"])
+    assert (answered.status, answered.ask_count, answered.asker_count) == ("attached", 2, 2)
+    moved = await rows(db, questions, questions.c.person_id == north)
+    assert {q.review_item_id for q in moved} == {left["id"]}
+
+
 async def test_dismissed_item_leaves_the_pending_list(make_config, start_app, demo, db):
     client, _ = await start_app(make_config())
     token = await admin_token(db, demo)
@@ -440,6 +542,113 @@ async def test_dismissed_item_leaves_the_pending_list(make_config, start_app, de
     assert await pending_items(client, token) == []
     dismissed = await ok(await call(client, token, "GET", "/review?status=dismissed"))
     assert [i["id"] for i in dismissed["items"]] == [item["id"]]
+
+
+async def holding_item(db, item_id: int):
+    """A connection holding the review item's row lock (as an asker counting a question into
+    it would), and its engine."""
+    engine = create_async_engine(db.url)
+    conn = await engine.connect()
+    await conn.begin()
+    await conn.execute(
+        text("SELECT id FROM rumor_review_items WHERE id = :id FOR UPDATE"), {"id": item_id}
+    )
+    return engine, conn
+
+
+@pytest.mark.parametrize("meanwhile", ["edit", "withdraw"])
+async def test_attach_sends_the_clarification_as_edited_or_withdrawn_while_it_waited(
+    make_config, start_app, demo, db, meanwhile
+):
+    """Regression: attach read the clarification before waiting for the item, so an edit (or
+    withdrawal) committed meanwhile left the askers with the old version (or with a withdrawn
+    clarification).  It now reads it after the item, locked."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL: SQLite write transactions are serialized by BEGIN IMMEDIATE")
+    client, _ = await start_app(make_config())
+    token = await admin_token(db, demo)
+    cid = (await publish(client, token, {**LIQUOR, **DISTRICT}))["id"]
+    asker = demo.resident_ids[0]
+    await ask_unknown(client, [asker])
+    [item] = await pending_items(client, token)
+
+    engine, holder = await holding_item(db, item["id"])
+    try:
+        attach = asyncio.ensure_future(
+            call(
+                client,
+                token,
+                "POST",
+                f"/review/{item['id']}/attach",
+                json={"clarification_id": cid},
+            )
+        )
+        await until_waiting(engine, 1)
+        fixed = "更正：酒精不能预防病毒感染。"
+        if meanwhile == "edit":
+            change = await call(
+                client, token, "PATCH", f"/clarifications/{cid}", json={"explanation": fixed}
+            )
+        else:
+            change = await call(client, token, "POST", f"/clarifications/{cid}/withdraw")
+        await ok(change)
+        await holder.rollback()
+        attached = await ok(await attach)
+    finally:
+        await holder.close()
+        await engine.dispose()
+
+    sent = [r.payload["text"] for r in await rumor_outbox(db, cid)]
+    if meanwhile == "edit":
+        assert attached["delivered"]["notified"] == 1
+        assert len(sent) == 1 and fixed in sent[0]
+    else:
+        assert attached["delivered"]["notified"] == 0
+        assert sent == []
+
+
+async def test_two_reviewers_attaching_one_item_at_once_one_is_refused(
+    make_config, start_app, demo, db
+):
+    """Regression: both reviewers got 200 although the item was attached to only one
+    clarification (the second's update matched no pending row and was ignored)."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL: SQLite write transactions are serialized by BEGIN IMMEDIATE")
+    client, _ = await start_app(make_config())
+    token = await admin_token(db, demo)
+    one = (await publish(client, token, {**LIQUOR, **DISTRICT}))["id"]
+    two = (await publish(client, token, CLAIM))["id"]
+    await ask_unknown(client, demo.resident_ids[:1], post=OTHER_UNKNOWN_POST)
+    [item] = await pending_items(client, token)
+
+    engine, holder = await holding_item(db, item["id"])
+    try:
+        calls = [
+            asyncio.ensure_future(
+                call(
+                    client,
+                    token,
+                    "POST",
+                    f"/review/{item['id']}/attach",
+                    json={"clarification_id": c},
+                )
+            )
+            for c in (one, two)
+        ]
+        await until_waiting(engine, 2)
+        await holder.rollback()
+        answers = [await c for c in calls]
+    finally:
+        await holder.close()
+        await engine.dispose()
+
+    assert sorted(a.status for a in answers) == [200, 409]
+    [loser] = [a for a in answers if a.status == 409]
+    assert (await loser.json())["error"]["code"] == "item_closed"
+    [attached] = await rows(db, items)
+    [winner] = [a for a in answers if a.status == 200]
+    assert attached.clarification_id == (await winner.json())["clarification_id"]
+    assert await count(db, outbox, outbox.c.ref_type == "rumor") == 1
 
 
 # -- corrections -----------------------------------------------------------------------------
@@ -489,6 +698,36 @@ async def test_correction_goes_to_earlier_recipients_marked_as_update(
     await rt.delivery.run_once()
     texts = [m.text for m in await rows(db, sim_messages, sim_messages.c.target == f"sim-{asker}")]
     assert any(t.startswith("【更新】") for t in texts)
+
+
+async def test_editing_only_expiry_or_scope_keeps_history_but_sends_no_update(
+    make_config, start_app, demo, db
+):
+    """Residents read neither the expiry nor the scope: such an edit makes a version (the
+    history keeps the replaced one) but sends no "【更新】" and no correction notice; the next
+    real correction reaches them."""
+    client, _ = await start_app(make_config(notices={"quiet_hours": False}))
+    token = await admin_token(db, demo)
+    inline, asker = demo.resident_ids[:2]
+    cid = await received_by_two(client, token, asker=asker, inline=inline)
+    await push_to_grid(client, token, cid)
+    sent = len(await rumor_outbox(db, cid))
+
+    later = (utcnow() + timedelta(days=30)).isoformat()
+    for change in ({"expires_at": later}, {"region": "S01"}):
+        edited = await ok(await call(client, token, "PATCH", f"/clarifications/{cid}", json=change))
+        assert edited["delivered"] == {"notified": 0, "updated": 0, "correction_notices": []}
+
+    assert edited["version"] == 3
+    assert await count(db, history) == 2
+    assert len(await rumor_outbox(db, cid)) == sent
+    corrected = await ok(
+        await call(
+            client, token, "PATCH", f"/clarifications/{cid}", json={"explanation": "更正后的说明。"}
+        )
+    )
+    assert corrected["delivered"]["updated"] == 2
+    assert len(corrected["delivered"]["correction_notices"]) == 1
 
 
 async def test_withdrawal_tells_everyone_who_received_it_and_the_pushed_regions(
@@ -621,6 +860,34 @@ async def test_push_to_regions_goes_out_as_a_notice_and_corrections_follow(
     assert len(corrected) == len(notice_rows)
 
 
+async def test_attaching_an_item_after_a_correction_does_not_send_the_pushed_region_it_again(
+    make_config, start_app, demo, db
+):
+    """Pushed at version 1, corrected (the grid gets the correction notice), then a review
+    item is attached: its asker is told, and the grid gets no second correction notice."""
+    client, _ = await start_app(make_config(notices={"quiet_hours": False}))
+    token = await admin_token(db, demo)
+    cid = (await publish(client, token, {**LIQUOR, **DISTRICT}))["id"]
+    await push_to_grid(client, token, cid)
+    edited = await ok(
+        await call(
+            client, token, "PATCH", f"/clarifications/{cid}", json={"explanation": "更正后的说明。"}
+        )
+    )
+    assert len(edited["delivered"]["correction_notices"]) == 1
+    await ask_unknown(client, demo.resident_ids[:1])
+    [item] = await pending_items(client, token)
+
+    attached = await ok(
+        await call(
+            client, token, "POST", f"/review/{item['id']}/attach", json={"clarification_id": cid}
+        )
+    )
+
+    assert attached["delivered"] == {"notified": 1, "updated": 0, "correction_notices": []}
+    assert await count(db, Notice.__table__) == 2
+
+
 async def test_push_outside_scope_is_refused(make_config, start_app, demo, db):
     client, _ = await start_app(make_config())
     token = await admin_token(db, demo)
@@ -724,6 +991,41 @@ async def test_report_in_chat_for_staff_only(make_config, start_app, demo, db):
     assert "只对网格员和管理员开放" in await say(client, a, "谣言榜")
     empty_warden = demo.wardens["G0202"]
     assert "没有询问过传言" in await say(client, empty_warden, "谣言榜")
+
+
+async def test_report_counts_a_person_once_per_claim_however_they_asked(
+    make_config, start_app, demo, db
+):
+    """A resident who asked before the clarification existed (queued, then told) and again
+    afterwards (answered at once) asked twice, and is one person."""
+    client, _ = await start_app(make_config())
+    token = await admin_token(db, demo)
+    [resident] = await residents_in(db, demo, "G0101", 1)
+    cid = await received_by_two(client, token, asker=resident, inline=resident)
+
+    report = await ok(await call(client, token, "GET", "/report"))
+
+    [line] = report["answered"]
+    assert (line["id"], line["asks"], line["people"]) == (cid, 2, 1)
+    assert line["regions"] == [{"code": "S01", "name": "东湖街道", "asks": 2}]
+
+
+async def test_report_in_chat_marks_a_draft_not_yet_published_not_withdrawn(
+    make_config, start_app, demo, db
+):
+    """An item attached to a draft is verified but nobody was told yet: （未发布）."""
+    client, _ = await start_app(make_config())
+    token = await admin_token(db, demo)
+    await ask_unknown(client, demo.resident_ids[:2])
+    [item] = await pending_items(client, token)
+    await ok(
+        await call(client, token, "POST", f"/review/{item['id']}/clarification", json=CLAIM), 201
+    )
+
+    board = await say(client, demo.admin_id, "谣言榜")
+
+    assert "——2次，2人（未发布）" in board
+    assert "已撤回" not in board
 
 
 async def test_expired_clarification_is_not_answered(make_config, start_app, demo, db):

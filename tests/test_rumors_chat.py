@@ -27,6 +27,7 @@ from rumors_support import (
     residents_in,
     rows,
     say,
+    until_waiting,
 )
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -34,6 +35,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from storage.rumor_models import QuestionOutcome
 
 ALL = (LIQUOR, LOCKER, SUPERMARKET, GARGLE, GARLIC)
+SPRAY_ANSWER = {
+    "verdict": "false",
+    "explanation": "本市没有安排任何空中喷洒消毒作业，请勿轻信。",
+    "source_name": "市疫情防控指挥部",
+    "region": "D01",
+}
 
 
 async def knowledge_base(client, token, *bodies, region="D01") -> dict[str, int]:
@@ -293,17 +300,6 @@ async def test_emoji_only_gets_a_polite_reply_and_nothing_is_stored(
     assert await count(db, items) == 0
 
 
-async def _lock_waiters(conn) -> int:
-    """Backends of this database waiting for a lock (a table lock or an advisory lock)."""
-    found = await conn.execute(
-        text(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-    )
-    return int(found.scalar_one())
-
-
 async def test_concurrent_near_identical_questions_share_one_review_item_on_postgres(
     make_config, start_app, demo, db
 ):
@@ -335,11 +331,7 @@ async def test_concurrent_near_identical_questions_share_one_review_item_on_post
                 asyncio.ensure_future(say(client, person, wording))
                 for client, person, wording in zip(apps, askers, wordings, strict=True)
             ]
-            async with blocker.connect() as watcher:
-                async with asyncio.timeout(60):  # a guard against hanging, not a measurement
-                    while await _lock_waiters(watcher) < len(asking):
-                        await watcher.commit()  # a fresh snapshot of pg_stat_activity
-                        await asyncio.sleep(0.05)
+            await until_waiting(blocker, len(asking))
             await conn.commit()  # releases the table lock
             replies = await asyncio.gather(*asking)
     finally:
@@ -375,11 +367,7 @@ async def test_question_grouped_into_an_item_a_reviewer_closes_meanwhile_starts_
                 {"id": item.id},
             )
             asking = asyncio.ensure_future(say(client, second, "转发：" + UNKNOWN_POST))
-            async with reviewer.connect() as watcher:
-                async with asyncio.timeout(60):  # a guard against hanging, not a measurement
-                    while await _lock_waiters(watcher) < 1:
-                        await watcher.commit()
-                        await asyncio.sleep(0.05)
+            await until_waiting(reviewer, 1)
             await conn.commit()
             reply = await asking
     finally:
@@ -388,6 +376,51 @@ async def test_question_grouped_into_an_item_a_reviewer_closes_meanwhile_starts_
     assert "核实后会告诉您" in reply
     closed, fresh = await rows(db, items, order=items.c.id)
     assert (closed.id, closed.status, closed.ask_count) == (item.id, "dismissed", 1)
+    assert (fresh.status, fresh.ask_count, fresh.asker_count) == ("pending", 1, 1)
+    [question] = await rows(db, questions, questions.c.person_id == second)
+    assert question.review_item_id == fresh.id
+
+
+async def test_question_joining_a_draft_published_meanwhile_starts_a_new_item(
+    make_config, start_app, demo, db
+):
+    """A question near an item attached to a draft joins that item, holding the draft's row
+    until it commits.  When the draft is being published at that moment, the question waits
+    for the publication and starts a new pending item rather than join an item whose askers
+    were all just told (it would never be told).  The test's transaction stands in for the
+    publisher: it publishes the draft and commits only once the question waits for the row."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL: SQLite write transactions are serialized by BEGIN IMMEDIATE")
+    client, _ = await start_app(make_config())
+    token = await admin_token(db, demo)
+    first, second = demo.resident_ids[:2]
+    await say(client, first, "这是真的吗 " + UNKNOWN_POST)
+    [item] = await rows(db, items)
+    draft = await ok(
+        await call(client, token, "POST", f"/review/{item.id}/clarification", json=SPRAY_ANSWER),
+        201,
+    )
+
+    publisher = create_async_engine(db.url)
+    try:
+        async with publisher.connect() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE rumor_clarifications SET status = 'published', published_at = now()"
+                    " WHERE id = :id"
+                ),
+                {"id": draft["id"]},
+            )
+            asking = asyncio.ensure_future(say(client, second, "转发：" + UNKNOWN_POST))
+            await until_waiting(publisher, 1)
+            await conn.commit()
+            reply = await asking
+    finally:
+        await publisher.dispose()
+
+    assert "核实后会告诉您" in reply
+    attached, fresh = await rows(db, items, order=items.c.id)
+    assert (attached.status, attached.ask_count, attached.asker_count) == ("attached", 1, 1)
     assert (fresh.status, fresh.ask_count, fresh.asker_count) == ("pending", 1, 1)
     [question] = await rows(db, questions, questions.c.person_id == second)
     assert question.review_item_id == fresh.id
