@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
+from wechat_client import load_vectors
 from wechatpy import parse_message as wechatpy_parse_mp
 from wechatpy.enterprise import parse_message as wechatpy_parse_wecom
 from wechatpy.replies import TextReply
@@ -25,28 +23,7 @@ from bot.channels.wxprotocol import (
     within_skew,
 )
 
-VECTORS_RELATIVE = Path("data") / "wechat" / "crypto-vectors.json"
-
-
-def _vectors_path() -> Path | None:
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / VECTORS_RELATIVE]
-    if os.environ.get("GRIDBOT_SHARED"):
-        candidates.append(Path(os.environ["GRIDBOT_SHARED"]) / VECTORS_RELATIVE)
-    return next((path for path in candidates if path.is_file()), None)
-
-
-def _load_vectors() -> list[dict[str, str]]:
-    path = _vectors_path()
-    if path is None:
-        return []
-    return list(json.loads(path.read_text(encoding="utf-8"))["vectors"])
-
-
-VECTORS = _load_vectors()
-needs_vectors = pytest.mark.skipif(
-    not VECTORS,
-    reason=f"crypto vectors not found: ../shared/{VECTORS_RELATIVE} (or set GRIDBOT_SHARED)",
-)
+VECTORS = load_vectors()
 MESSAGE_VECTORS = [v for v in VECTORS if v["plaintext"].startswith("<xml>")]
 ECHOSTR_VECTORS = [v for v in VECTORS if not v["plaintext"].startswith("<xml>")]
 
@@ -92,7 +69,6 @@ def _xml(**fields: Any) -> str:
 # --- official samples -------------------------------------------------------------------------
 
 
-@needs_vectors
 @pytest.mark.parametrize("vector", MESSAGE_VECTORS, ids=_ids(MESSAGE_VECTORS))
 def test_decrypt_body_gives_official_plaintext(vector: dict[str, str]) -> None:
     crypto = _crypto_for(vector)
@@ -102,7 +78,6 @@ def test_decrypt_body_gives_official_plaintext(vector: dict[str, str]) -> None:
     assert plaintext == vector["plaintext"]
 
 
-@needs_vectors
 @pytest.mark.parametrize("vector", VECTORS, ids=_ids(VECTORS))
 def test_official_msg_signature_verifies(vector: dict[str, str]) -> None:
     args = (vector["token"], vector["timestamp"], vector["nonce"], vector["encrypt"])
@@ -111,7 +86,6 @@ def test_official_msg_signature_verifies(vector: dict[str, str]) -> None:
     assert not verify_url_signature("0" * 40, *args)
 
 
-@needs_vectors
 def test_official_mp_url_signature_verifies() -> None:
     for vector in (v for v in VECTORS if "url_signature" in v):
         args = (vector["token"], vector["timestamp"], vector["nonce"])
@@ -119,7 +93,6 @@ def test_official_mp_url_signature_verifies() -> None:
         assert not verify_url_signature(vector["url_signature"], "other-token", *args[1:])
 
 
-@needs_vectors
 @pytest.mark.parametrize("vector", MESSAGE_VECTORS, ids=_ids(MESSAGE_VECTORS))
 def test_decrypt_body_rejects_wrong_signature(vector: dict[str, str]) -> None:
     crypto = _crypto_for(vector)
@@ -132,7 +105,6 @@ def test_decrypt_body_rejects_wrong_signature(vector: dict[str, str]) -> None:
     assert caught.value.status == 403
 
 
-@needs_vectors
 @pytest.mark.parametrize("vector", MESSAGE_VECTORS, ids=_ids(MESSAGE_VECTORS))
 def test_decrypt_body_rejects_message_for_another_app(vector: dict[str, str]) -> None:
     key = "app_id" if vector["kind"] == "wechat_mp" else "corp_id"
@@ -144,7 +116,6 @@ def test_decrypt_body_rejects_message_for_another_app(vector: dict[str, str]) ->
     assert caught.value.status == 403
 
 
-@needs_vectors
 @pytest.mark.parametrize("vector", MESSAGE_VECTORS, ids=_ids(MESSAGE_VECTORS))
 def test_encrypt_reply_round_trips(vector: dict[str, str]) -> None:
     crypto = _crypto_for(vector)
@@ -161,7 +132,6 @@ def test_encrypt_reply_round_trips(vector: dict[str, str]) -> None:
     assert safe_parse_xml(plaintext)["Content"] == "收到，谢谢 ]]> <b>"
 
 
-@needs_vectors
 @pytest.mark.parametrize("vector", MESSAGE_VECTORS, ids=_ids(MESSAGE_VECTORS))
 def test_encrypt_reply_uses_fresh_random_prefix(vector: dict[str, str]) -> None:
     crypto = _crypto_for(vector)
@@ -170,7 +140,6 @@ def test_encrypt_reply_uses_fresh_random_prefix(vector: dict[str, str]) -> None:
     assert first != second
 
 
-@needs_vectors
 @pytest.mark.parametrize("vector", ECHOSTR_VECTORS, ids=_ids(ECHOSTR_VECTORS))
 def test_decrypt_echostr_official_sample(vector: dict[str, str]) -> None:
     crypto = _crypto_for(vector)
@@ -181,7 +150,6 @@ def test_decrypt_echostr_official_sample(vector: dict[str, str]) -> None:
     assert caught.value.status == 403
 
 
-@needs_vectors
 def test_decrypt_refuses_garbage_that_is_correctly_signed() -> None:
     vector = MESSAGE_VECTORS[0]
     crypto = _crypto_for(vector)
@@ -192,7 +160,6 @@ def test_decrypt_refuses_garbage_that_is_correctly_signed() -> None:
         assert caught.value.status in (400, 403)
 
 
-@needs_vectors
 def test_encrypt_reply_refuses_nonce_that_would_break_the_document() -> None:
     crypto = _crypto_for(MESSAGE_VECTORS[0])
     with pytest.raises(ProtocolError) as caught:
@@ -609,7 +576,6 @@ def test_message_without_sender_is_none_and_without_type_is_refused() -> None:
     assert caught.value.status == 400
 
 
-@needs_vectors
 @pytest.mark.parametrize("vector", MESSAGE_VECTORS, ids=_ids(MESSAGE_VECTORS))
 def test_official_plaintext_maps_to_text_inbound(vector: dict[str, str]) -> None:
     inbound = to_inbound(vector["kind"], vector["plaintext"])
