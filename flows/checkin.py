@@ -221,7 +221,8 @@ class Checkin(Flow):
             now=now,
         )
         if subject.id != ctx.person.id:
-            data["reported"].append(subject.id)
+            if subject.id not in data["reported"]:  # a correction in the same session
+                data["reported"].append(subject.id)
             await repo.record_audit(
                 ctx.conn,
                 actor_id=ctx.person.id,

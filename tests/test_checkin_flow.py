@@ -197,6 +197,20 @@ async def test_household_member_reporting_records_who_reported(config, start_app
     assert ("checkin.report_for", str(members[0]), reporter) in actions
 
 
+async def test_household_member_reported_twice_in_one_session_is_counted_once(
+    config, start_app, demo, db
+):
+    client, _ = await start_app(config)
+    reporter, members = await _household_with_members(db, demo)
+    await converse(client, reporter, "帮家人打卡", "1", "37.0", *NORMAL[1:])
+    if len(members) == 1:
+        await send(client, reporter, "帮家人打卡")
+    # The same member again (a correction): their record is replaced, not doubled.
+    replies = await converse(client, reporter, "1", "36.6", *NORMAL[1:], "完成")
+    assert "共替1位家人" in replies[-1]
+    assert [r.answers["temperature"] for r in await current_records(db, members[0])] == [36.6]
+
+
 async def test_household_choice_that_is_not_a_member_is_asked_again(config, start_app, demo, db):
     client, _ = await start_app(config)
     reporter, _members = await _household_with_members(db, demo)
