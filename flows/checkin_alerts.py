@@ -210,7 +210,8 @@ async def escalate_due(
 
 
 async def acknowledge(conn: Any, person: repo.PersonInfo, alert_id: int, now: datetime) -> str:
-    """Acknowledge an alert for ``person``: ``ok``, ``already``, ``unknown`` or ``out_of_scope``.
+    """Acknowledge an alert for ``person``: ``ok``, ``already``, ``superseded`` (the record was
+    answered again the same day), ``unknown`` or ``out_of_scope``.
 
     Anyone who can act on the resident's grid as warden, doctor or admin may acknowledge."""
     alert = await store.get_alert(conn, alert_id)
@@ -219,6 +220,8 @@ async def acknowledge(conn: Any, person: repo.PersonInfo, alert_id: int, now: da
     grid = await repo.get_region(conn, alert.region_id) if alert.region_id else None
     if grid is None or not person.can_act_on(grid, Role.WARDEN, Role.DOCTOR, Role.ADMIN):
         return "out_of_scope"
+    if alert.status == store.SUPERSEDED:
+        return "superseded"
     if not await store.acknowledge_alert(conn, alert_id, by=person.id, now=now):
         return "already"
     await repo.record_audit(

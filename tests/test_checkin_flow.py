@@ -326,6 +326,41 @@ async def test_unacknowledged_alert_escalates_one_level_up(make_config, start_ap
     assert (await store_alerts(db))[0].next_escalation_at is None
 
 
+async def test_correcting_an_abnormal_answer_stops_the_old_alert_from_escalating(
+    make_config, start_app, demo, db
+):
+    from flows.checkin_alerts import escalate_due
+    from flows.texts import Texts
+
+    config = make_config(checkin={**NO_QUIET, "alerts": {"escalate_after_minutes": 30}})
+    client, _ = await start_app(config)
+    resident = demo.resident_ids[0]
+    await converse(client, resident, "打卡", "38.5", *NORMAL[1:])
+    # A typo: the resident answers again the same day with a normal temperature.
+    await converse(client, resident, "打卡", "36.5", *NORMAL[1:])
+    [alert] = await store_alerts(db)
+    assert alert.status != "open" and alert.next_escalation_at is None
+    later = utcnow() + timedelta(minutes=31)
+    assert await escalate_due(db, Texts(), config.checkin, config.tz, later) == 0
+    assert await outbox_rows(db, f"checkin:alert:{alert.id}:l") == []
+    reply = await send(client, demo.wardens["G0101"], f"确认 {alert.id}")
+    assert "已由居民当天重新填写" in reply and "已经有人确认过了" not in reply
+
+
+async def test_answering_abnormal_twice_the_same_day_leaves_one_open_alert(
+    config, start_app, demo, db
+):
+    client, _ = await start_app(config)
+    resident = demo.resident_ids[0]
+    await converse(client, resident, "打卡", "38.5", *NORMAL[1:])
+    await converse(client, resident, "打卡", "38.9", *NORMAL[1:])
+    first, second = await store_alerts(db)
+    assert first.status != "open" and first.next_escalation_at is None
+    assert second.status == "open"
+    [current] = await current_records(db, resident)
+    assert second.record_id == current.id
+
+
 async def test_checkin_in_a_group_chat_points_to_the_direct_chat(config, start_app, demo, db):
     client, _ = await start_app(config)
     reply = await send(client, demo.resident_ids[0], "打卡", chat="grid-G0101")
