@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import pytest
 from checkin_support import NORMAL, converse, grid_people, quarantine_rows, send, today
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from flows.quarantine import CommandError, parse_command
 from storage import repo
-from storage.models import AuditEntry
+from storage.models import AuditEntry, Person
 
 NO_QUIET = {"schedule": {"quiet_hours": ["00:00", "00:00"]}}
 
@@ -78,6 +78,36 @@ async def test_abnormal_lists_todays_moderate_and_high_with_their_alert(
     assert "38.5℃" in reply and "待确认" in reply
     # A warden of another grid sees none of it.
     assert "没有异常打卡" in await send(client, demo.wardens["G0201"], "异常")
+
+
+async def test_chat_views_of_health_data_are_audited_against_the_region_viewed(
+    config, start_app, demo, db
+):
+    """A community doctor living in another community: an audit of the community they look
+    after must still find their views of its residents' health answers."""
+    client, _ = await start_app(config)
+    community = demo.grids[0].parent_id
+    elsewhere = next(g for g in demo.grids if g.parent_id != community)
+    async with db.write() as conn:
+        await conn.execute(
+            update(Person.__table__)
+            .where(Person.__table__.c.id == demo.doctor_id)
+            .values(region_id=elsewhere.id, household_id=None)
+        )
+        audited = await repo.get_region(conn, community)
+    assert audited is not None
+    for command in ("今日打卡", "未打卡", "异常"):
+        await send(client, demo.doctor_id, command)
+    async with db.read() as conn:
+        _, entries = await repo.list_audit(
+            conn,
+            repo.AuditFilter(paths=(audited.path,), action="checkin.view."),
+            limit=50,
+            offset=0,
+        )
+    found = {(e.action, e.actor_id) for e in entries}
+    for action in ("checkin.view.today", "checkin.view.missing", "checkin.view.abnormal"):
+        assert (action, demo.doctor_id) in found
 
 
 async def test_residents_cannot_use_staff_commands(config, start_app, demo, db):
