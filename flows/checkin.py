@@ -15,6 +15,7 @@ questionnaire in the morning, the temperature in the afternoon).
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from datetime import date, datetime, time
 from typing import Any
 
@@ -131,7 +132,9 @@ class Checkin(Flow):
             ctx.say("checkin/household_done", count=len(ctx.conversation.data["reported"]))
             return None
         members = await self._members(ctx)
-        options = [Option(str(m.id), m.name) for m in members]
+        # A name two members share chooses neither: those are chosen by number only.
+        names = Counter(m.name for m in members)
+        options = [Option(str(m.id), m.name if names[m.name] == 1 else "") for m in members]
         try:
             chosen = parse_choices(answer, options, multiple=False)
         except AnswerError:

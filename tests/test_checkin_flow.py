@@ -14,7 +14,7 @@ from checkin_support import (
     send,
     today,
 )
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from storage import checkin as store
 from storage.models import AuditEntry, Person, utcnow
@@ -209,6 +209,28 @@ async def test_household_member_reported_twice_in_one_session_is_counted_once(
     replies = await converse(client, reporter, "1", "36.6", *NORMAL[1:], "完成")
     assert "共替1位家人" in replies[-1]
     assert [r.answers["temperature"] for r in await current_records(db, members[0])] == [36.6]
+
+
+async def test_household_members_with_the_same_name_are_chosen_by_number(
+    config, start_app, demo, db
+):
+    client, _ = await start_app(config)
+    reporter, members = await _household_with_members(db, demo)
+    people = Person.__table__
+    household = select(people.c.household_id).where(people.c.id == reporter).scalar_subquery()
+    async with db.write() as conn:
+        # Two members called the same (a roster that lists children as "宝宝").
+        await conn.execute(
+            update(people)
+            .where(people.c.household_id == household, people.c.id != reporter)
+            .values(name="宝宝")
+        )
+    await send(client, reporter, "帮家人打卡")
+    reply = await send(client, reporter, "1")
+    assert "现在替宝宝打卡" in reply
+    await converse(client, reporter, *NORMAL)
+    [record] = await current_records(db, members[0])
+    assert record.reporter_id == reporter
 
 
 async def test_household_choice_that_is_not_a_member_is_asked_again(config, start_app, demo, db):
