@@ -15,6 +15,7 @@ questionnaire in the morning, the temperature in the afternoon).
 from __future__ import annotations
 
 import enum
+import unicodedata
 from collections import Counter
 from datetime import date, datetime, time
 from typing import Any
@@ -33,6 +34,10 @@ from storage.checkin_models import CheckinStatus
 RESTART_WORDS = frozenset({"重新打卡", "打卡", "重新开始", "重来"})
 SKIP_WORDS = frozenset({"跳过", "不填", "略过", "不想回答"})
 DONE_WORDS = frozenset({"完成", "好了", "没有了", "结束", "就这些", "不用了"})
+
+
+def _folded(name: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", name).lower().split())
 
 
 def quarantine_slot(quarantine: QuarantineConfig, clock: time) -> int:
@@ -132,9 +137,12 @@ class Checkin(Flow):
             ctx.say("checkin/household_done", count=len(ctx.conversation.data["reported"]))
             return None
         members = await self._members(ctx)
-        # A name two members share chooses neither: those are chosen by number only.
-        names = Counter(m.name for m in members)
-        options = [Option(str(m.id), m.name if names[m.name] == 1 else "") for m in members]
+        # A name two members share (as answers are read: NFKC, any case) chooses neither:
+        # those are chosen by number only.
+        names = Counter(_folded(m.name) for m in members)
+        options = [
+            Option(str(m.id), m.name if names[_folded(m.name)] == 1 else "") for m in members
+        ]
         try:
             chosen = parse_choices(answer, options, multiple=False)
         except AnswerError:
