@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from checkin_support import NORMAL, converse, grid_people, quarantine_rows, send, today
+from checkin_support import (
+    NORMAL,
+    converse,
+    grid_people,
+    outbox_rows,
+    quarantine_rows,
+    send,
+    today,
+)
 from sqlalchemy import select, update
 
 from flows.quarantine import CommandError, parse_command
@@ -150,6 +158,21 @@ async def test_quarantine_whole_household_then_extend_and_end(config, start_app,
     actions = [a for a, _ in await audit_actions(db)]
     assert actions.count("checkin.quarantine.start") == len(members)
     assert "checkin.quarantine.extend" in actions and "checkin.quarantine.end" in actions
+
+
+async def test_extending_a_quarantine_tells_the_resident_the_new_release_day(
+    config, start_app, demo, db
+):
+    client, _ = await start_app(config)
+    grid = demo.grids[0]
+    target = (await grid_people(db, grid.id))[0]
+    await send(client, demo.wardens[grid.code], f"隔离 {target.id} 14天")
+    await send(client, demo.wardens[grid.code], f"延长隔离 {target.id} 7天")
+    [told] = await outbox_rows(db, "checkin:qextend:")
+    assert told.person_id == target.id
+    new_end = today() + timedelta(21)
+    assert f"{new_end.month}月{new_end.day}日" in told.payload["text"]
+    assert "延长" in told.payload["text"]
 
 
 async def test_quarantine_commands_refuse_bad_input_politely(config, start_app, demo, db):
