@@ -242,7 +242,7 @@ class Checkin(Flow):
                 target_id=subject.id,
                 region_id=subject.region.id if subject.region else None,
             )
-        alert_id = await raise_alert(
+        alert = await raise_alert(
             ctx.conn,
             ctx.db,
             ctx.texts,
@@ -269,7 +269,8 @@ class Checkin(Flow):
             member=subject.name if subject.id != ctx.person.id else None,
             items=answer_items(cfg, answers),
             risk=risk,
-            alerted=alert_id is not None,
+            alerted=alert is not None and alert.notified > 0,
+            flagged=alert is not None,
         )
         if status == CheckinStatus.COMPLETE or risk.level != "low":
             ctx.say(

@@ -10,6 +10,7 @@ from checkin_support import (
     all_records,
     converse,
     current_records,
+    grid_people,
     outbox_rows,
     send,
     today,
@@ -273,6 +274,25 @@ async def test_moderate_risk_alerts_the_warden_and_the_community_doctor(
     text = rows[0].payload["text"]
     assert await _name(db, resident) in text and "37.5℃" in text
     assert f"确认 {alert.id}" in text
+
+
+async def test_abnormal_answer_in_a_grid_without_staff_does_not_claim_they_were_told(
+    config, start_app, demo, db
+):
+    from storage.models import PersonRole
+
+    client, _ = await start_app(config)
+    grid = next(g for g in demo.grids if g.code == "G0201")  # no community doctor there
+    roles = PersonRole.__table__
+    async with db.write() as conn:
+        await conn.execute(roles.delete().where(roles.c.scope_region_id == grid.id))
+    resident = next(p.id for p in await grid_people(db, grid.id) if p.id in demo.resident_ids)
+    replies = await converse(client, resident, "打卡", "38.5", *NORMAL[1:])
+    assert await outbox_rows(db, "checkin:alert:") == []
+    assert "已通知网格员和社区医生" not in replies[-1]
+    assert "已记录为异常" in replies[-1]
+    [alert] = await store_alerts(db)  # still open: it escalates to the admins above
+    assert alert.status == "open"
 
 
 async def test_two_symptoms_are_moderate_and_symptoms_with_contact_are_high(
