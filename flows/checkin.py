@@ -15,6 +15,8 @@ questionnaire in the morning, the temperature in the afternoon).
 from __future__ import annotations
 
 import enum
+import unicodedata
+from collections import Counter
 from datetime import date, datetime, time
 from typing import Any
 
@@ -32,6 +34,10 @@ from storage.checkin_models import CheckinStatus
 RESTART_WORDS = frozenset({"重新打卡", "打卡", "重新开始", "重来"})
 SKIP_WORDS = frozenset({"跳过", "不填", "略过", "不想回答"})
 DONE_WORDS = frozenset({"完成", "好了", "没有了", "结束", "就这些", "不用了"})
+
+
+def _folded(name: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", name).lower().split())
 
 
 def quarantine_slot(quarantine: QuarantineConfig, clock: time) -> int:
@@ -131,7 +137,12 @@ class Checkin(Flow):
             ctx.say("checkin/household_done", count=len(ctx.conversation.data["reported"]))
             return None
         members = await self._members(ctx)
-        options = [Option(str(m.id), m.name) for m in members]
+        # A name two members share (as answers are read: NFKC, any case) chooses neither:
+        # those are chosen by number only.
+        names = Counter(_folded(m.name) for m in members)
+        options = [
+            Option(str(m.id), m.name if names[_folded(m.name)] == 1 else "") for m in members
+        ]
         try:
             chosen = parse_choices(answer, options, multiple=False)
         except AnswerError:
@@ -221,7 +232,8 @@ class Checkin(Flow):
             now=now,
         )
         if subject.id != ctx.person.id:
-            data["reported"].append(subject.id)
+            if subject.id not in data["reported"]:  # a correction in the same session
+                data["reported"].append(subject.id)
             await repo.record_audit(
                 ctx.conn,
                 actor_id=ctx.person.id,
@@ -230,7 +242,7 @@ class Checkin(Flow):
                 target_id=subject.id,
                 region_id=subject.region.id if subject.region else None,
             )
-        alert_id = await raise_alert(
+        alert = await raise_alert(
             ctx.conn,
             ctx.db,
             ctx.texts,
@@ -257,7 +269,8 @@ class Checkin(Flow):
             member=subject.name if subject.id != ctx.person.id else None,
             items=answer_items(cfg, answers),
             risk=risk,
-            alerted=alert_id is not None,
+            alerted=alert is not None and alert.notified > 0,
+            flagged=alert is not None,
         )
         if status == CheckinStatus.COMPLETE or risk.level != "low":
             ctx.say(

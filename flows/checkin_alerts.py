@@ -47,6 +47,14 @@ class AlertSubject:
     answers: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class RaisedAlert:
+    id: int
+    notified: int
+    """Staff members and staff groups the alert was queued to (0: nobody reachable in the
+    grid; the alert still escalates to the admins above)."""
+
+
 def answer_items(cfg: CheckinConfig, answers: dict[str, Any]) -> list[tuple[Any, Any]]:
     """(question, answer) pairs in questionnaire order, for the ``checkin/_answers`` partial."""
     return [(q, answers[q.id]) for q in cfg.questions if q.id in answers]
@@ -83,7 +91,7 @@ async def raise_alert(
     grid: repo.RegionInfo | None,
     subject: AlertSubject,
     now: datetime,
-) -> int | None:
+) -> RaisedAlert | None:
     """Create the alert of an abnormal record and queue it to the grid's staff."""
     if subject.level not in cfg.alerts.levels:
         return None
@@ -107,8 +115,9 @@ async def raise_alert(
         region_name=None,
     )
     recipients = await grid_recipients(conn, grid) if grid else []
+    notified = 0
     for person_id in recipients:
-        await push_to_person(
+        notified += await push_to_person(
             conn,
             db,
             key=f"checkin:alert:{alert_id}:p{person_id}",
@@ -119,7 +128,7 @@ async def raise_alert(
         )
     if grid is not None and cfg.alerts.staff_group:
         for group_id in await staff_groups(conn, grid.id):
-            await push_to_group(
+            notified += await push_to_group(
                 conn,
                 db,
                 key=f"checkin:alert:{alert_id}:g{group_id}",
@@ -128,7 +137,7 @@ async def raise_alert(
                 not_before=send_at,
                 ref_id=alert_id,
             )
-    return alert_id
+    return RaisedAlert(alert_id, notified)
 
 
 async def subject_of_record(conn: Any, record: Any) -> AlertSubject:
@@ -210,7 +219,8 @@ async def escalate_due(
 
 
 async def acknowledge(conn: Any, person: repo.PersonInfo, alert_id: int, now: datetime) -> str:
-    """Acknowledge an alert for ``person``: ``ok``, ``already``, ``unknown`` or ``out_of_scope``.
+    """Acknowledge an alert for ``person``: ``ok``, ``already``, ``superseded`` (the record was
+    answered again the same day), ``unknown`` or ``out_of_scope``.
 
     Anyone who can act on the resident's grid as warden, doctor or admin may acknowledge."""
     alert = await store.get_alert(conn, alert_id)
@@ -219,6 +229,8 @@ async def acknowledge(conn: Any, person: repo.PersonInfo, alert_id: int, now: da
     grid = await repo.get_region(conn, alert.region_id) if alert.region_id else None
     if grid is None or not person.can_act_on(grid, Role.WARDEN, Role.DOCTOR, Role.ADMIN):
         return "out_of_scope"
+    if alert.status == store.SUPERSEDED:
+        return "superseded"
     if not await store.acknowledge_alert(conn, alert_id, by=person.id, now=now):
         return "already"
     await repo.record_audit(

@@ -307,7 +307,8 @@ class QuarantineDesk:
     async def extend(
         self, people: list[repo.PersonInfo], days: int
     ) -> tuple[list[tuple[repo.PersonInfo, date]], list[repo.PersonInfo]]:
-        """Move the release day of each open period ``days`` later: (extended, not in one)."""
+        """Move the release day of each open period ``days`` later: (extended, not in one);
+        tells each of them the new release day."""
         if not MIN_DAYS <= days <= MAX_DAYS:
             raise CommandError("checkin/quarantine_bad_days", code="bad_days", days=days)
         extended, missing = [], []
@@ -321,6 +322,16 @@ class QuarantineDesk:
             extended.append((person, end))
             await self._audit(
                 "checkin.quarantine.extend", person, quarantine_id=open_period.id, days=days
+            )
+            await self._tell(
+                person,
+                # By release day: a second extension is news again.
+                key=f"checkin:qextend:{open_period.id}:{end.isoformat()}",
+                template="checkin/quarantine_extended_resident",
+                ref_id=open_period.id,
+                kind=open_period.kind,
+                days=days,
+                end_day=end,
             )
         return extended, missing
 

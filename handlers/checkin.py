@@ -137,12 +137,15 @@ async def on_checkin_in_group(ctx: Context) -> None:
 
 
 async def _audit(ctx: Context, action: str, count: int, **detail: object) -> None:
+    """One entry per region viewed, so whoever audits that region finds it (health data)."""
     assert ctx.person is not None
-    await repo.record_audit(
-        ctx.conn,
-        actor_id=ctx.person.id,
-        action=action,
-        target_type="region",
-        target_id=",".join(r.code for r in ctx.person.scope_regions(*STAFF))[:64],
-        detail={"count": count, **detail},
-    )
+    for region in repo.scope_roots(ctx.person.scope_regions(*STAFF)):
+        await repo.record_audit(
+            ctx.conn,
+            actor_id=ctx.person.id,
+            action=action,
+            target_type="region",
+            target_id=region.code,
+            region_id=region.id,
+            detail={"count": count, **detail},
+        )

@@ -64,6 +64,9 @@ outbox = OutboxMessage.__table__
 
 ACTIVE = "active"
 OPEN = "open"
+SUPERSEDED = "superseded"
+"""An alert whose record was replaced by a later answer of the same day and slot: the new
+record raises its own alert if it is still abnormal, so the old one stops escalating."""
 
 
 def outbox_key(kind: str, person_id: int, day: date) -> str:
@@ -90,21 +93,26 @@ class NewRecord:
 
 async def save_record(conn: AsyncConnection, record: NewRecord, *, now: datetime) -> int:
     """Store a record as the current one of its (person, day, slot); the one it replaces stays
-    as history.  A concurrent save of the same slot (a family member reporting at the same
-    moment) is retried once, so the later one wins."""
+    as history and its open alert is closed as superseded.  A concurrent save of the same slot
+    (a family member reporting at the same moment) is retried once, so the later one wins."""
+    current = and_(
+        records.c.person_id == record.person_id,
+        records.c.day == record.day,
+        records.c.slot == record.slot,
+        records.c.replaced_at.is_(None),
+    )
     for attempt in range(2):
         try:
             async with conn.begin_nested():
                 await conn.execute(
-                    update(records)
+                    update(alerts)
                     .where(
-                        records.c.person_id == record.person_id,
-                        records.c.day == record.day,
-                        records.c.slot == record.slot,
-                        records.c.replaced_at.is_(None),
+                        alerts.c.status == OPEN,
+                        alerts.c.record_id.in_(select(records.c.id).where(current)),
                     )
-                    .values(replaced_at=now)
+                    .values(status=SUPERSEDED, next_escalation_at=None)
                 )
+                await conn.execute(update(records).where(current).values(replaced_at=now))
                 result = await conn.execute(
                     insert(records).values(
                         person_id=record.person_id,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.checkin import purge_checkin
 from storage.models import (
+    Conversation,
     InboundMessage,
     OutboxMessage,
     OutboxStatus,
@@ -23,13 +24,16 @@ from storage.rumors import purge_rumors
 async def purge_expired(conn: AsyncConnection, *, older_than: timedelta) -> dict[str, int]:
     """Delete what is older than ``older_than``; returns the number of rows per table.
 
-    Finished outbox rows go too (their payload is personal text); pending ones never do.
+    Finished outbox rows go too (their payload is personal text); pending ones never do.  A
+    conversation abandoned that long ago loses what it held (a half-answered health check-in):
+    it had expired anyway, so the next message starts afresh as it would have.
     """
     cutoff = utcnow() - older_than
     inbound = InboundMessage.__table__
     raw = RawPayload.__table__
     outbox = OutboxMessage.__table__
     sim = SimMessage.__table__
+    conversations = Conversation.__table__
     finished = [OutboxStatus.SENT, OutboxStatus.FAILED, OutboxStatus.DEAD]
     counts = {
         "inbound_messages": (
@@ -44,6 +48,13 @@ async def purge_expired(conn: AsyncConnection, *, older_than: timedelta) -> dict
             )
         ).rowcount,
         "sim_messages": (await conn.execute(delete(sim).where(sim.c.at < cutoff))).rowcount,
+        "conversations": (
+            await conn.execute(
+                update(conversations)
+                .where(conversations.c.expires_at < cutoff)
+                .values(flow=None, state=None, data={}, expires_at=None)
+            )
+        ).rowcount,
     }
     counts.update(await purge_checkin(conn, cutoff=cutoff))
     counts.update(await purge_rumors(conn, cutoff=cutoff))

@@ -158,6 +158,30 @@ async def test_retention_purge_deletes_old_checkin_answers(make_config, start_ap
     assert await count(db, store.alerts) == 1
 
 
+async def test_retention_purge_clears_answers_of_an_abandoned_checkin(
+    make_config, start_app, demo, db
+):
+    from storage.models import Conversation
+
+    client, _ = await start_app(make_config(checkin=NO_QUIET))
+    resident = demo.resident_ids[0]
+    await converse(client, resident, "打卡", "38.2", "咳嗽")  # and never came back
+    conversations = Conversation.__table__
+    long_ago = utcnow() - timedelta(days=200)
+    async with db.write() as conn:
+        await conn.execute(
+            update(conversations)
+            .where(conversations.c.flow == "checkin")
+            .values(expires_at=long_ago, updated_at=long_ago)
+        )
+    async with db.write() as conn:
+        counts = await purge_expired(conn, older_than=timedelta(days=180))
+    assert counts["conversations"] == 1
+    async with db.read() as conn:
+        left = list(await conn.execute(select(conversations.c.flow, conversations.c.data)))
+    assert left and all(row.flow is None and not row.data for row in left)
+
+
 async def test_a_deployment_changes_the_questions_without_code(make_config, start_app, demo, db):
     checkin = {
         **NO_QUIET,

@@ -10,11 +10,12 @@ from checkin_support import (
     all_records,
     converse,
     current_records,
+    grid_people,
     outbox_rows,
     send,
     today,
 )
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from storage import checkin as store
 from storage.models import AuditEntry, Person, utcnow
@@ -197,6 +198,42 @@ async def test_household_member_reporting_records_who_reported(config, start_app
     assert ("checkin.report_for", str(members[0]), reporter) in actions
 
 
+async def test_household_member_reported_twice_in_one_session_is_counted_once(
+    config, start_app, demo, db
+):
+    client, _ = await start_app(config)
+    reporter, members = await _household_with_members(db, demo)
+    await converse(client, reporter, "帮家人打卡", "1", "37.0", *NORMAL[1:])
+    if len(members) == 1:
+        await send(client, reporter, "帮家人打卡")
+    # The same member again (a correction): their record is replaced, not doubled.
+    replies = await converse(client, reporter, "1", "36.6", *NORMAL[1:], "完成")
+    assert "共替1位家人" in replies[-1]
+    assert [r.answers["temperature"] for r in await current_records(db, members[0])] == [36.6]
+
+
+async def test_household_members_with_the_same_name_are_chosen_by_number(
+    config, start_app, demo, db
+):
+    client, _ = await start_app(config)
+    reporter, members = await _household_with_members(db, demo)
+    people = Person.__table__
+    household = select(people.c.household_id).where(people.c.id == reporter).scalar_subquery()
+    async with db.write() as conn:
+        # Two members called the same (a roster that lists children as "宝宝").
+        await conn.execute(
+            update(people)
+            .where(people.c.household_id == household, people.c.id != reporter)
+            .values(name="宝宝")
+        )
+    await send(client, reporter, "帮家人打卡")
+    reply = await send(client, reporter, "1")
+    assert "现在替宝宝打卡" in reply
+    await converse(client, reporter, *NORMAL)
+    [record] = await current_records(db, members[0])
+    assert record.reporter_id == reporter
+
+
 async def test_household_choice_that_is_not_a_member_is_asked_again(config, start_app, demo, db):
     client, _ = await start_app(config)
     reporter, _members = await _household_with_members(db, demo)
@@ -237,6 +274,25 @@ async def test_moderate_risk_alerts_the_warden_and_the_community_doctor(
     text = rows[0].payload["text"]
     assert await _name(db, resident) in text and "37.5℃" in text
     assert f"确认 {alert.id}" in text
+
+
+async def test_abnormal_answer_in_a_grid_without_staff_does_not_claim_they_were_told(
+    config, start_app, demo, db
+):
+    from storage.models import PersonRole
+
+    client, _ = await start_app(config)
+    grid = next(g for g in demo.grids if g.code == "G0201")  # no community doctor there
+    roles = PersonRole.__table__
+    async with db.write() as conn:
+        await conn.execute(roles.delete().where(roles.c.scope_region_id == grid.id))
+    resident = next(p.id for p in await grid_people(db, grid.id) if p.id in demo.resident_ids)
+    replies = await converse(client, resident, "打卡", "38.5", *NORMAL[1:])
+    assert await outbox_rows(db, "checkin:alert:") == []
+    assert "已通知网格员和社区医生" not in replies[-1]
+    assert "已记录为异常" in replies[-1]
+    [alert] = await store_alerts(db)  # still open: it escalates to the admins above
+    assert alert.status == "open"
 
 
 async def test_two_symptoms_are_moderate_and_symptoms_with_contact_are_high(
@@ -310,6 +366,41 @@ async def test_unacknowledged_alert_escalates_one_level_up(make_config, start_ap
     assert await escalate_due(db, texts, config.checkin, tz, later + timedelta(hours=1)) == 0
     assert len(await outbox_rows(db, f"checkin:alert:{first.id}:l")) == 1
     assert (await store_alerts(db))[0].next_escalation_at is None
+
+
+async def test_correcting_an_abnormal_answer_stops_the_old_alert_from_escalating(
+    make_config, start_app, demo, db
+):
+    from flows.checkin_alerts import escalate_due
+    from flows.texts import Texts
+
+    config = make_config(checkin={**NO_QUIET, "alerts": {"escalate_after_minutes": 30}})
+    client, _ = await start_app(config)
+    resident = demo.resident_ids[0]
+    await converse(client, resident, "打卡", "38.5", *NORMAL[1:])
+    # A typo: the resident answers again the same day with a normal temperature.
+    await converse(client, resident, "打卡", "36.5", *NORMAL[1:])
+    [alert] = await store_alerts(db)
+    assert alert.status != "open" and alert.next_escalation_at is None
+    later = utcnow() + timedelta(minutes=31)
+    assert await escalate_due(db, Texts(), config.checkin, config.tz, later) == 0
+    assert await outbox_rows(db, f"checkin:alert:{alert.id}:l") == []
+    reply = await send(client, demo.wardens["G0101"], f"确认 {alert.id}")
+    assert "已由居民当天重新填写" in reply and "已经有人确认过了" not in reply
+
+
+async def test_answering_abnormal_twice_the_same_day_leaves_one_open_alert(
+    config, start_app, demo, db
+):
+    client, _ = await start_app(config)
+    resident = demo.resident_ids[0]
+    await converse(client, resident, "打卡", "38.5", *NORMAL[1:])
+    await converse(client, resident, "打卡", "38.9", *NORMAL[1:])
+    first, second = await store_alerts(db)
+    assert first.status != "open" and first.next_escalation_at is None
+    assert second.status == "open"
+    [current] = await current_records(db, resident)
+    assert second.record_id == current.id
 
 
 async def test_checkin_in_a_group_chat_points_to_the_direct_chat(config, start_app, demo, db):

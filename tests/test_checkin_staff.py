@@ -5,12 +5,20 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from checkin_support import NORMAL, converse, grid_people, quarantine_rows, send, today
-from sqlalchemy import select
+from checkin_support import (
+    NORMAL,
+    converse,
+    grid_people,
+    outbox_rows,
+    quarantine_rows,
+    send,
+    today,
+)
+from sqlalchemy import select, update
 
 from flows.quarantine import CommandError, parse_command
 from storage import repo
-from storage.models import AuditEntry
+from storage.models import AuditEntry, Person
 
 NO_QUIET = {"schedule": {"quiet_hours": ["00:00", "00:00"]}}
 
@@ -80,6 +88,36 @@ async def test_abnormal_lists_todays_moderate_and_high_with_their_alert(
     assert "没有异常打卡" in await send(client, demo.wardens["G0201"], "异常")
 
 
+async def test_chat_views_of_health_data_are_audited_against_the_region_viewed(
+    config, start_app, demo, db
+):
+    """A community doctor living in another community: an audit of the community they look
+    after must still find their views of its residents' health answers."""
+    client, _ = await start_app(config)
+    community = demo.grids[0].parent_id
+    elsewhere = next(g for g in demo.grids if g.parent_id != community)
+    async with db.write() as conn:
+        await conn.execute(
+            update(Person.__table__)
+            .where(Person.__table__.c.id == demo.doctor_id)
+            .values(region_id=elsewhere.id, household_id=None)
+        )
+        audited = await repo.get_region(conn, community)
+    assert audited is not None
+    for command in ("今日打卡", "未打卡", "异常"):
+        await send(client, demo.doctor_id, command)
+    async with db.read() as conn:
+        _, entries = await repo.list_audit(
+            conn,
+            repo.AuditFilter(paths=(audited.path,), action="checkin.view."),
+            limit=50,
+            offset=0,
+        )
+    found = {(e.action, e.actor_id) for e in entries}
+    for action in ("checkin.view.today", "checkin.view.missing", "checkin.view.abnormal"):
+        assert (action, demo.doctor_id) in found
+
+
 async def test_residents_cannot_use_staff_commands(config, start_app, demo, db):
     client, _ = await start_app(config)
     resident = demo.resident_ids[0]
@@ -120,6 +158,21 @@ async def test_quarantine_whole_household_then_extend_and_end(config, start_app,
     actions = [a for a, _ in await audit_actions(db)]
     assert actions.count("checkin.quarantine.start") == len(members)
     assert "checkin.quarantine.extend" in actions and "checkin.quarantine.end" in actions
+
+
+async def test_extending_a_quarantine_tells_the_resident_the_new_release_day(
+    config, start_app, demo, db
+):
+    client, _ = await start_app(config)
+    grid = demo.grids[0]
+    target = (await grid_people(db, grid.id))[0]
+    await send(client, demo.wardens[grid.code], f"隔离 {target.id} 14天")
+    await send(client, demo.wardens[grid.code], f"延长隔离 {target.id} 7天")
+    [told] = await outbox_rows(db, "checkin:qextend:")
+    assert told.person_id == target.id
+    new_end = today() + timedelta(21)
+    assert f"{new_end.month}月{new_end.day}日" in told.payload["text"]
+    assert "延长" in told.payload["text"]
 
 
 async def test_quarantine_commands_refuse_bad_input_politely(config, start_app, demo, db):
