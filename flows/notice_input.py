@@ -116,6 +116,14 @@ def _at(day: date, hour: int, minute: int, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, time(hour, minute), tzinfo=tz)
 
 
+def _next_day(day: date, extra: int) -> date:
+    """``day`` or the day after ("晚上12点"); past the calendar's last day is no time at all."""
+    try:
+        return day + timedelta(days=extra)
+    except OverflowError:
+        raise NoticeInputError("bad_time") from None
+
+
 def parse_send_time(text: str, now: datetime, tz: ZoneInfo) -> datetime | None:
     """When to send: ``None`` for now, else an aware datetime (in ``tz``).
 
@@ -143,7 +151,7 @@ def parse_send_time(text: str, now: datetime, tz: ZoneInfo) -> datetime | None:
         offset, implied = _DAY_WORDS.get(match.group("day") or "", (0, None))
         hour, minute = _clock(match)
         hour, extra = _apply_period(hour, match.group("period") or implied)
-        return _at(local_now.date() + timedelta(days=offset + extra), hour, minute, tz)
+        return _at(_next_day(local_now.date(), offset + extra), hour, minute, tz)
     for pattern in (_FULL_DATE, _MONTH_DAY):
         if match := pattern.match(cleaned):
             year = int(match.group("year")) if pattern is _FULL_DATE else local_now.year
@@ -153,7 +161,7 @@ def parse_send_time(text: str, now: datetime, tz: ZoneInfo) -> datetime | None:
                 day = date(year, int(match.group("month")), int(match.group("day")))
             except ValueError:
                 raise NoticeInputError("bad_time") from None
-            return _at(day + timedelta(days=extra), hour, minute, tz)
+            return _at(_next_day(day, extra), hour, minute, tz)
     raise NoticeInputError("bad_time")
 
 

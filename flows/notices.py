@@ -39,6 +39,8 @@ CODE_LENGTH = 4
 CODE_PATTERN = re.compile(rf"^(?=.*[A-Z])(?=.*\d)[{CODE_ALPHABET}]{{{CODE_LENGTH}}}$")
 HEAD_CHARS = 20
 MAX_REGION_NAMES = 3
+MAX_AHEAD = timedelta(days=366)
+"""How far ahead a notice may be scheduled (a later time is a typo, and year 9999 overflows)."""
 
 
 # -- channel length limits -----------------------------------------------------------------
@@ -205,11 +207,14 @@ def check_text(text: Any, max_chars: int) -> str:
 
 
 def check_send_at(send_at: datetime | None, now: datetime) -> datetime | None:
-    """A time in the future (UTC), or ``None`` for now; a past time is refused."""
+    """A time in the future (UTC), at most :data:`MAX_AHEAD` away, or ``None`` for now; a
+    past time or one too far ahead is refused."""
     if send_at is None:
         return None
     if send_at <= now:
         raise NoticeRefused("past_time", when=send_at)
+    if send_at - now > MAX_AHEAD:
+        raise NoticeRefused("too_far", days=MAX_AHEAD.days)
     return send_at.astimezone(UTC)
 
 

@@ -148,6 +148,14 @@ async def test_scope_is_enforced(make_config, start_app, demo, db):
         ({"text": "通知", "regions": ["G0101"], "roles": ["mayor"]}, 400, "unknown_role"),
         ({"text": "通知", "regions": ["G0101"], "person_status": "sick"}, 400, "unknown_status"),
         ({"text": "长" * 1501, "regions": ["G0101"]}, 400, "too_long"),
+        # Times past the calendar's end were a 500 (OverflowError) instead of a refusal.
+        (
+            {"text": "通知", "regions": ["G0101"], "send_at": "9999-12-31T23:59:00-05:00"},
+            400,
+            "too_far",
+        ),
+        ({"text": "通知", "regions": ["G0101"], "send_at": "9999-12-31 晚上12点"}, 400, "bad_time"),
+        ({"text": "通知", "regions": ["G0101"], "send_at": "9999-12-31 23:59"}, 400, "too_far"),
     ],
 )
 async def test_bad_input_is_refused_and_nothing_stored(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -62,6 +62,24 @@ def test_unreadable_times_are_refused(text):
     with pytest.raises(NoticeInputError) as caught:
         parse_send_time(text, NOW, TZ)
     assert caught.value.reason == "bad_time"
+
+
+def test_times_past_the_end_of_the_calendar_are_refused_not_crashed():
+    with pytest.raises(NoticeInputError) as caught:
+        parse_send_time("9999-12-31 晚上12点", NOW, TZ)
+    assert caught.value.reason == "bad_time"
+    with pytest.raises(notices.NoticeRefused) as refused:
+        notices.check_send_at(
+            datetime(9999, 12, 31, 23, 59, tzinfo=timezone(-timedelta(hours=5))), NOW
+        )
+    assert refused.value.reason == "too_far"
+
+
+def test_a_time_more_than_a_year_ahead_is_refused():
+    with pytest.raises(notices.NoticeRefused) as caught:
+        notices.check_send_at(NOW + notices.MAX_AHEAD + timedelta(minutes=1), NOW)
+    assert caught.value.reason == "too_far"
+    assert notices.check_send_at(NOW + notices.MAX_AHEAD, NOW) == NOW + notices.MAX_AHEAD
 
 
 def test_urgent_is_taken_out_of_the_time():
