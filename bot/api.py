@@ -339,7 +339,7 @@ class Api:
     async def get_person(self, request: web.Request) -> web.Response:
         person = request[CALLER]
         raw_id = request.match_info["id"]
-        if not (raw_id.isascii() and raw_id.isdigit()):
+        if not is_number(raw_id):
             raise ApiError(400, "bad_parameter", "id must be a number")
         async with self.db.write() as conn:
             # An id beyond BIGINT cannot exist (and would make PostgreSQL raise).
@@ -401,12 +401,20 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return data
 
 
+ID_DIGITS = len(str(MAX_ID))
+
+
+def is_number(raw: str) -> bool:
+    """ASCII digits, no more than an id can have: ``int()`` refuses "²" and raises on thousands
+    of digits, which would make a bad parameter a 500."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= ID_DIGITS
+
+
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    # isascii: str.isdigit() accepts "²" and other digits that int() refuses.
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+    if not is_number(raw) or not low <= int(raw) <= high:
         bound = f"{low}-{high}" if high < MAX_ID else f">= {low}"
         raise ApiError(400, "bad_parameter", f"{name} must be an integer {bound}")
     return int(raw)

@@ -30,6 +30,7 @@ from bot.api import (
     _json,
     _path,
     _query,
+    is_number,
     refusal_error,
 )
 from bot.config import Config
@@ -339,7 +340,7 @@ class NoticesApi:
 
 def _notice_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
+    if not is_number(raw) or int(raw) > MAX_ID:
         raise ApiError(404, "not_found", f"no notice with id {raw}")
     return int(raw)
 

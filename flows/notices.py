@@ -197,10 +197,18 @@ def sender_scopes(person: repo.PersonInfo) -> list[repo.RegionInfo]:
     return [r for r in regions if not any(o.id != r.id and o.contains(r) for o in regions)]
 
 
+def clean_text(text: str) -> str:
+    """The text as it may be stored and sent: NFC, line ends as "\\n", and no other control
+    characters (a NUL cannot be stored in PostgreSQL text, and none means anything in a
+    chat message)."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc").strip()
+
+
 def check_text(text: Any, max_chars: int) -> str:
-    if not isinstance(text, str) or not text.strip():
+    cleaned = clean_text(text) if isinstance(text, str) else ""
+    if not cleaned:
         raise NoticeRefused("empty_text")
-    cleaned = unicodedata.normalize("NFC", text).strip()
     if len(cleaned) > max_chars:
         raise NoticeRefused("too_long", limit=max_chars, length=len(cleaned))
     return cleaned
@@ -246,6 +254,8 @@ async def resolve_regions(
 async def _region_by_name(
     conn: AsyncConnection, person: repo.PersonInfo, name: str
 ) -> repo.RegionInfo | None:
+    if "\x00" in name:  # no name has one, and PostgreSQL refuses to compare text holding it
+        return None
     rows = list(
         await conn.execute(repo.regions.select().where(repo.regions.c.name == name).limit(5))
     )

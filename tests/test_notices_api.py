@@ -182,6 +182,41 @@ async def test_malformed_body_is_400(make_config, start_app, demo, db):
     assert await count(db, notices) == 0
 
 
+async def test_absurd_ids_and_paging_numbers_are_refused_not_a_500(
+    make_config, start_app, demo, db
+):
+    # Thousands of digits made int() raise: a 500 instead of a 404 / 400.
+    client, _ = await start_app(notice_config(make_config))
+    token = await create_token(db, demo.wardens["G0101"])
+    huge = "9" * 5000
+    r = await api(client, token, "GET", f"/{huge}")
+    assert (await error_of(r, 404))["code"] == "not_found"
+    r = await api(client, token, "GET", params={"before": huge})
+    assert (await error_of(r, 400))["code"] == "bad_parameter"
+    r = await api(client, token, "GET", "/1/recipients", params={"after": huge})
+    assert (await error_of(r, 400))["code"] == "bad_parameter"
+
+
+async def test_control_characters_never_reach_the_database_or_the_recipients(
+    make_config, start_app, demo, db
+):
+    # A NUL in the text or a region code was a 500 on PostgreSQL and went out as is on SQLite.
+    client, _ = await start_app(notice_config(make_config))
+    token = await create_token(db, demo.wardens["G0101"])
+    r = await api(client, token, "POST", json={"text": "\x00\x07", "regions": ["G0101"]})
+    assert (await error_of(r, 400))["code"] == "empty_text"
+    r = await api(client, token, "POST", json={"text": "通知", "regions": ["G01\x00"]})
+    assert (await error_of(r, 400))["code"] == "unknown_region"
+    assert await count(db, notices) == 0 and await count(db, outbox) == 0
+    r = await api(
+        client, token, "POST", json={"text": "今晚\x00核酸\r\n请带好\t身份证", "regions": ["G0101"]}
+    )
+    assert r.status == 201, await r.text()
+    created = await r.json()
+    assert created["text"] == "今晚核酸\n请带好\t身份证"
+    assert "\x00" not in created["rendered"] and "\r" not in created["rendered"]
+
+
 async def test_edit_and_cancel_a_scheduled_notice(make_config, start_app, demo, db):
     config = notice_config(make_config)
     client, _ = await start_app(config)
