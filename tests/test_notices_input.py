@@ -64,6 +64,16 @@ def test_unreadable_times_are_refused(text):
     assert caught.value.reason == "bad_time"
 
 
+def test_a_month_and_day_early_in_the_year_typed_in_december_is_next_year():
+    # "1月3日" typed on 28 November was read as 3 January 2026, long past: refused as a past
+    # time, so a warden could not schedule the new year's first notices from December.
+    assert parse_send_time("1月3日 上午9点", NOW, TZ) == local(2027, 1, 3, 9, 0)
+    assert parse_send_time("01-03 09:00", NOW, TZ) == local(2027, 1, 3, 9, 0)
+    # A day just gone stays this year's (and is refused as past, not moved a year ahead).
+    assert parse_send_time("11月27日 9点", NOW, TZ) == local(2026, 11, 27, 9, 0)
+    assert parse_send_time("6月1日 9点", NOW, TZ) == local(2026, 6, 1, 9, 0)
+
+
 def test_times_past_the_end_of_the_calendar_are_refused_not_crashed():
     with pytest.raises(NoticeInputError) as caught:
         parse_send_time("9999-12-31 晚上12点", NOW, TZ)
