@@ -315,6 +315,9 @@ class NoticesApi:
             send_at = self._send_at(body["send_at"], now)
         else:
             send_at = defaults.send_at if defaults is not None else None
+            if send_at is not None and send_at <= now:
+                # Due already and held (the quiet hours): it stays due, at its own time.
+                send_at = None
         return {
             "text": text,
             "region_words": regions,

@@ -841,14 +841,15 @@ async def edit_notice(
     *,
     now: datetime,
 ) -> None:
-    """Replace a scheduled notice's content, audience or time with a validated draft."""
+    """Replace a scheduled notice's content, audience or time with a validated draft.  A draft
+    for now keeps the time of a notice that is due already (held by the quiet hours)."""
     values = {
         "text": draft.text,
         "audience": draft.audience_json(),
         "scope_path": common_path(draft.regions),
         "ack_required": draft.ack_required,
         "urgent": draft.urgent,
-        "send_at": draft.send_at or now,
+        "send_at": draft.send_at or min(notice.send_at, now),
         "updated_at": now,
     }
     if not await store.update_scheduled(conn, notice.id, **values):

@@ -358,6 +358,35 @@ async def test_a_scheduled_notice_due_in_quiet_hours_waits_scheduled_until_they_
     assert (await r.json())["status"] == "sent"
 
 
+async def test_a_notice_held_past_its_time_by_the_quiet_hours_can_still_be_edited(
+    make_config, start_app, demo, db
+):
+    # Held by the quiet hours, a notice stays scheduled "so it can still be edited", but an
+    # edit without a new send_at re-checked the stored time and refused it as past.
+    config = notice_config(make_config)
+    client, _ = await start_app(config)
+    token = await create_token(db, demo.wardens["G0101"])
+    later = (utcnow() + timedelta(hours=2)).isoformat()
+    r = await api(
+        client, token, "POST", json={"text": "明早停水", "regions": ["G0101"], "send_at": later}
+    )
+    assert r.status == 201, await r.text()
+    notice_id = (await r.json())["id"]
+    held_since = utcnow() - timedelta(minutes=30)
+    async with db.write() as conn:
+        await conn.execute(
+            notices.update().where(notices.c.id == notice_id).values(send_at=held_since)
+        )
+
+    r = await api(client, token, "PATCH", f"/{notice_id}", json={"text": "明早八点到十点停水"})
+
+    assert r.status == 200, await r.text()
+    edited = await r.json()
+    assert edited["status"] == "scheduled" and edited["text"] == "明早八点到十点停水"
+    assert datetime.fromisoformat(edited["send_at"]) == held_since
+    assert await count(db, outbox) == 0
+
+
 async def test_openapi_lists_the_notice_operations(make_config, start_app):
     client, _ = await start_app(notice_config(make_config))
     document = await (await client.get(f"{PREFIX}/openapi.json")).json()
