@@ -339,11 +339,15 @@ class Api:
     async def get_person(self, request: web.Request) -> web.Response:
         person = request[CALLER]
         raw_id = request.match_info["id"]
-        if not is_number(raw_id):
+        if not (raw_id.isascii() and raw_id.isdigit()):
             raise ApiError(400, "bad_parameter", "id must be a number")
         async with self.db.write() as conn:
             # An id beyond BIGINT cannot exist (and would make PostgreSQL raise).
-            target = await repo.load_person(conn, int(raw_id)) if int(raw_id) <= MAX_ID else None
+            target = (
+                await repo.load_person(conn, int(raw_id))
+                if is_number(raw_id) and int(raw_id) <= MAX_ID
+                else None
+            )
             if target is None:
                 raise ApiError(404, "not_found", f"no person with id {raw_id}")
             if target.region is None or not person.can_act_on(target.region, *STAFF_ROLES):
