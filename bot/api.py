@@ -343,7 +343,11 @@ class Api:
             raise ApiError(400, "bad_parameter", "id must be a number")
         async with self.db.write() as conn:
             # An id beyond BIGINT cannot exist (and would make PostgreSQL raise).
-            target = await repo.load_person(conn, int(raw_id)) if int(raw_id) <= MAX_ID else None
+            target = (
+                await repo.load_person(conn, int(raw_id))
+                if is_number(raw_id) and int(raw_id) <= MAX_ID
+                else None
+            )
             if target is None:
                 raise ApiError(404, "not_found", f"no person with id {raw_id}")
             if target.region is None or not person.can_act_on(target.region, *STAFF_ROLES):
@@ -401,12 +405,20 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return data
 
 
+ID_DIGITS = len(str(MAX_ID))
+
+
+def is_number(raw: str) -> bool:
+    """ASCII digits, no more than an id can have: ``int()`` refuses "²" and raises on thousands
+    of digits, which would make a bad parameter a 500."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= ID_DIGITS
+
+
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    # isascii: str.isdigit() accepts "²" and other digits that int() refuses.
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+    if not is_number(raw) or not low <= int(raw) <= high:
         bound = f"{low}-{high}" if high < MAX_ID else f">= {low}"
         raise ApiError(400, "bad_parameter", f"{name} must be an integer {bound}")
     return int(raw)

@@ -30,6 +30,7 @@ from bot.api import (
     _json,
     _path,
     _query,
+    is_number,
     refusal_error,
 )
 from bot.config import Config
@@ -314,6 +315,9 @@ class NoticesApi:
             send_at = self._send_at(body["send_at"], now)
         else:
             send_at = defaults.send_at if defaults is not None else None
+            if send_at is not None and send_at <= now:
+                # Due already and held (the quiet hours): it stays due, at its own time.
+                send_at = None
         return {
             "text": text,
             "region_words": regions,
@@ -339,7 +343,7 @@ class NoticesApi:
 
 def _notice_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
+    if not is_number(raw) or int(raw) > MAX_ID:
         raise ApiError(404, "not_found", f"no notice with id {raw}")
     return int(raw)
 

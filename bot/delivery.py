@@ -2,9 +2,9 @@
 
 Claims are one statement (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so several workers in
 several processes share the queue without sending a row twice.  Per-target rate limits are
-counted from the outbox itself (rows sent to the same target in the last minute), so they hold
-across processes too.  Failures retry with exponential backoff and jitter; after
-``max_attempts`` a row is dead.
+counted from the outbox itself (rows sent to the same target in the last minute, and rows
+another worker claimed in it and is still sending), so they hold across processes too.
+Failures retry with exponential backoff and jitter; after ``max_attempts`` a row is dead.
 
 A claimed text longer than its channel takes (the table in ``flows.notices``) is split there
 and then into numbered parts, as notices are: the row keeps the first part and each other part
@@ -128,7 +128,12 @@ class DeliveryWorker:
         by_target: dict[str, list[ClaimedMessage]] = defaultdict(list)
         for message in claimed:
             by_target[message.target.rate_key].append(message)
-        recent = await repo.recent_sends(conn, by_target, since=utcnow() - RATE_WINDOW)  # type: ignore[arg-type]
+        recent = await repo.recent_sends(
+            conn,  # type: ignore[arg-type]
+            by_target,
+            since=utcnow() - RATE_WINDOW,
+            own_claims=[m.id for m in claimed],
+        )
         to_send: list[ClaimedMessage] = []
         deferred: list[int] = []
         for rate_key, messages in by_target.items():

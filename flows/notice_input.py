@@ -5,7 +5,8 @@ names the template under ``notices/refused/`` that explains the problem.
 
 Times: "现在" (or "立即", "马上"); a day word and a clock time ("明天8点", "今晚8点半",
 "后天上午9:30", "下午3点"); a date ("2026-12-01 09:00", "2026年12月1日9点", "12月1日 9点",
-"12-01 09:00"); an offset ("30分钟后", "2小时后", "半小时后").  A clock time alone means today.
+"12-01 09:00"); an offset ("30分钟后", "2小时后", "半小时后").  A clock time alone means today;
+a month and day alone the next such day (in December, "1月3日" is next year's).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ _OFFSET = re.compile(
     r"^(?P<amount>\d{1,4}|[零一二两三四五六七八九十]{1,3}|半)\s*个?\s*"
     r"(?P<unit>分钟|分|小时|钟头)\s*(?:以后|之后|后)$"
 )
+YEAR_ROLLOVER = timedelta(days=183)
+"""A month and day without a year more than this far back is next year's ("1月3日" typed in
+December); a day just gone stays this year's, so it is refused as past, not moved a year on."""
 _EVENING = {"下午", "傍晚", "晚上", "夜里", "夜间", "晚"}
 
 
@@ -116,6 +120,14 @@ def _at(day: date, hour: int, minute: int, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, time(hour, minute), tzinfo=tz)
 
 
+def _next_day(day: date, extra: int) -> date:
+    """``day`` or the day after ("晚上12点"); past the calendar's last day is no time at all."""
+    try:
+        return day + timedelta(days=extra)
+    except OverflowError:
+        raise NoticeInputError("bad_time") from None
+
+
 def parse_send_time(text: str, now: datetime, tz: ZoneInfo) -> datetime | None:
     """When to send: ``None`` for now, else an aware datetime (in ``tz``).
 
@@ -143,7 +155,7 @@ def parse_send_time(text: str, now: datetime, tz: ZoneInfo) -> datetime | None:
         offset, implied = _DAY_WORDS.get(match.group("day") or "", (0, None))
         hour, minute = _clock(match)
         hour, extra = _apply_period(hour, match.group("period") or implied)
-        return _at(local_now.date() + timedelta(days=offset + extra), hour, minute, tz)
+        return _at(_next_day(local_now.date(), offset + extra), hour, minute, tz)
     for pattern in (_FULL_DATE, _MONTH_DAY):
         if match := pattern.match(cleaned):
             year = int(match.group("year")) if pattern is _FULL_DATE else local_now.year
@@ -151,9 +163,11 @@ def parse_send_time(text: str, now: datetime, tz: ZoneInfo) -> datetime | None:
             hour, extra = _apply_period(hour, match.group("period"))
             try:
                 day = date(year, int(match.group("month")), int(match.group("day")))
+                if pattern is _MONTH_DAY and day < local_now.date() - YEAR_ROLLOVER:
+                    day = date(year + 1, day.month, day.day)
             except ValueError:
                 raise NoticeInputError("bad_time") from None
-            return _at(day + timedelta(days=extra), hour, minute, tz)
+            return _at(_next_day(day, extra), hour, minute, tz)
     raise NoticeInputError("bad_time")
 
 

@@ -39,6 +39,8 @@ CODE_LENGTH = 4
 CODE_PATTERN = re.compile(rf"^(?=.*[A-Z])(?=.*\d)[{CODE_ALPHABET}]{{{CODE_LENGTH}}}$")
 HEAD_CHARS = 20
 MAX_REGION_NAMES = 3
+MAX_AHEAD = timedelta(days=366)
+"""How far ahead a notice may be scheduled (a later time is a typo, and year 9999 overflows)."""
 
 
 # -- channel length limits -----------------------------------------------------------------
@@ -195,21 +197,32 @@ def sender_scopes(person: repo.PersonInfo) -> list[repo.RegionInfo]:
     return [r for r in regions if not any(o.id != r.id and o.contains(r) for o in regions)]
 
 
+def clean_text(text: str) -> str:
+    """The text as it may be stored and sent: NFC, line ends as "\\n", and no other control
+    characters (a NUL cannot be stored in PostgreSQL text, and none means anything in a
+    chat message)."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc").strip()
+
+
 def check_text(text: Any, max_chars: int) -> str:
-    if not isinstance(text, str) or not text.strip():
+    cleaned = clean_text(text) if isinstance(text, str) else ""
+    if not cleaned:
         raise NoticeRefused("empty_text")
-    cleaned = unicodedata.normalize("NFC", text).strip()
     if len(cleaned) > max_chars:
         raise NoticeRefused("too_long", limit=max_chars, length=len(cleaned))
     return cleaned
 
 
 def check_send_at(send_at: datetime | None, now: datetime) -> datetime | None:
-    """A time in the future (UTC), or ``None`` for now; a past time is refused."""
+    """A time in the future (UTC), at most :data:`MAX_AHEAD` away, or ``None`` for now; a
+    past time or one too far ahead is refused."""
     if send_at is None:
         return None
     if send_at <= now:
         raise NoticeRefused("past_time", when=send_at)
+    if send_at - now > MAX_AHEAD:
+        raise NoticeRefused("too_far", days=MAX_AHEAD.days)
     return send_at.astimezone(UTC)
 
 
@@ -241,6 +254,8 @@ async def resolve_regions(
 async def _region_by_name(
     conn: AsyncConnection, person: repo.PersonInfo, name: str
 ) -> repo.RegionInfo | None:
+    if "\x00" in name:  # no name has one, and PostgreSQL refuses to compare text holding it
+        return None
     rows = list(
         await conn.execute(repo.regions.select().where(repo.regions.c.name == name).limit(5))
     )
@@ -826,14 +841,15 @@ async def edit_notice(
     *,
     now: datetime,
 ) -> None:
-    """Replace a scheduled notice's content, audience or time with a validated draft."""
+    """Replace a scheduled notice's content, audience or time with a validated draft.  A draft
+    for now keeps the time of a notice that is due already (held by the quiet hours)."""
     values = {
         "text": draft.text,
         "audience": draft.audience_json(),
         "scope_path": common_path(draft.regions),
         "ack_required": draft.ack_required,
         "urgent": draft.urgent,
-        "send_at": draft.send_at or now,
+        "send_at": draft.send_at or min(notice.send_at, now),
         "updated_at": now,
     }
     if not await store.update_scheduled(conn, notice.id, **values):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.console_models import ConsoleCredential, ConsoleLoginAttempt
@@ -99,19 +99,37 @@ async def recent_failures(
     return await count(attempts.c.account == account), await count(attempts.c.address == address)
 
 
-async def record_attempt(
-    conn: AsyncConnection,
-    *,
-    account: str,
-    address: str,
-    succeeded: bool,
-    now: datetime,
-    forget_before: datetime,
-) -> None:
-    """Write one attempt and drop those too old to count any more."""
+LOGIN_LOCK = 0x6C6F6769  # "logi": the advisory lock that serializes counting login attempts
+
+
+async def lock_attempts(conn: AsyncConnection) -> None:
+    """Serialize "count the recent failures, then write this attempt" until commit.
+
+    Without it, attempts sent at the same time all read the count before any of them is
+    written, and every one gets its password checked whatever the limit.  On PostgreSQL a
+    transaction-level advisory lock on one fixed key serializes them across processes (the
+    transaction holds no password check, so it is short); SQLite write transactions start with
+    ``BEGIN IMMEDIATE``, one writer at a time, so there the serialization already holds."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOGIN_LOCK})
+
+
+async def start_attempt(
+    conn: AsyncConnection, *, account: str, address: str, now: datetime, forget_before: datetime
+) -> int:
+    """Write one attempt, counted as failed until :func:`finish_attempt` says otherwise, and
+    drop those too old to count any more.  Returns its id.  Call it in the transaction that
+    took :func:`lock_attempts` and checked the limit, so the next attempt counts this one."""
     await conn.execute(delete(attempts).where(attempts.c.at < forget_before))
+    result = await conn.execute(
+        insert(attempts)
+        .values(at=now, account=account[:64], address=address[:64], succeeded=False)
+        .returning(attempts.c.id)
+    )
+    return int(result.scalar_one())
+
+
+async def finish_attempt(conn: AsyncConnection, attempt_id: int, *, succeeded: bool) -> None:
     await conn.execute(
-        insert(attempts).values(
-            at=now, account=account[:64], address=address[:64], succeeded=succeeded
-        )
+        update(attempts).where(attempts.c.id == attempt_id).values(succeeded=succeeded)
     )

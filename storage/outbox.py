@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, bindparam, func, literal, select, update
+from sqlalchemy import JSON, and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -246,15 +246,24 @@ async def _claim(
 
 
 async def recent_sends(
-    conn: AsyncConnection, rate_keys: Iterable[str], *, since: datetime
+    conn: AsyncConnection,
+    rate_keys: Iterable[str],
+    *,
+    since: datetime,
+    own_claims: Sequence[int] = (),
 ) -> dict[str, int]:
-    """How many messages went to each target since ``since`` (for per-target rate limits)."""
+    """How many messages went to each target since ``since`` (for per-target rate limits):
+    those sent, and those another worker claimed since then and is sending now (rows in
+    ``own_claims``, the caller's own batch, are not counted)."""
     keys = list(set(rate_keys))
     if not keys:
         return {}
+    in_flight = and_(outbox.c.status == OutboxStatus.SENDING, outbox.c.claimed_at >= since)
+    if own_claims:
+        in_flight = and_(in_flight, outbox.c.id.notin_(list(own_claims)))
     rows = await conn.execute(
         select(outbox.c.rate_key, func.count())
-        .where(outbox.c.rate_key.in_(keys), outbox.c.sent_at >= since)
+        .where(outbox.c.rate_key.in_(keys), or_(outbox.c.sent_at >= since, in_flight))
         .group_by(outbox.c.rate_key)
     )
     return {row[0]: int(row[1]) for row in rows}

@@ -160,6 +160,8 @@ async def get_region(conn: AsyncConnection, region_id: int) -> RegionInfo | None
 
 
 async def get_region_by_code(conn: AsyncConnection, code: str) -> RegionInfo | None:
+    if "\x00" in code:  # no code has one, and PostgreSQL refuses to compare text holding it
+        return None
     row = (await conn.execute(select(regions).where(regions.c.code == code))).first()
     return _region(row) if row else None
 

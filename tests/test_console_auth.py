@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -148,6 +149,39 @@ async def test_failed_logins_per_account_are_limited_across_the_database(
     assert "登录失败次数过多" in await limited.text()
     assert (await first.get("/console/", allow_redirects=False)).status == 302
     assert "console.login.limited" in await audit_actions(db)
+
+
+async def test_concurrent_wrong_passwords_cannot_outrun_the_account_limit(
+    db, demo, start_app, make_config
+):
+    # The count was read before any attempt was written: ten guesses sent at once were all
+    # checked against the password although the limit is two.
+    client, _ = await start_console(
+        start_app, make_config, max_failures_per_account=2, max_failures_per_address=100
+    )
+    phone = await give_password(db, demo.admin_id)
+    page = await client.get("/console/login")
+    token = csrf_of(await page.text())
+
+    async def guess(n: int) -> int:
+        response = await client.post(
+            "/console/login",
+            data={"account": phone, "password": f"guess-{n:04d}", "csrf_token": token},
+            allow_redirects=False,
+        )
+        return response.status
+
+    statuses = await asyncio.gather(*(guess(n) for n in range(10)))
+
+    assert sorted(statuses) == [401, 401] + [429] * 8
+    async with db.read() as conn:
+        failures = (
+            await conn.execute(
+                select(func.count()).select_from(attempts).where(attempts.c.account == phone)
+            )
+        ).scalar_one()
+    assert failures == 2
+    assert (await login(client, phone)).status == 429
 
 
 async def test_failed_logins_per_address_are_limited(db, demo, start_app, make_config):

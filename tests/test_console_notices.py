@@ -34,6 +34,16 @@ async def staff_console(start_app, make_config, db, person_id, **console):
     return client, rt, token
 
 
+async def test_absurd_notice_ids_and_paging_numbers_are_refused_not_a_500(
+    make_config, start_app, demo, db
+):
+    # Thousands of digits made int() raise: a 500 page instead of "not found" / "bad request".
+    client, _, _ = await staff_console(start_app, make_config, db, demo.wardens["G0101"])
+    huge = "9" * 5000
+    assert (await client.get(f"/console/notices/{huge}")).status == 404
+    assert (await client.get(f"/console/notices?before={huge}")).status == 400
+
+
 def compose(token: str, text: str, *regions: str, **fields: str) -> list[tuple[str, str]]:
     """The compose form as a browser posts it (ticked boxes only)."""
     data = [("csrf_token", token), ("text", text), ("groups", "1"), ("individuals", "1")]

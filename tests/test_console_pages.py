@@ -213,6 +213,23 @@ async def test_audit_log_is_for_admins_and_filters(db, demo, start_app, make_con
     assert len(await audit_rows(db, "console.audit.view")) == 5
 
 
+async def test_audit_log_refuses_absurd_filters_instead_of_a_500(db, demo, start_app, make_config):
+    # The day after 9999-12-31 overflowed on both databases, the first day of year 1 in UTC
+    # too, and a NUL in a filter made PostgreSQL raise: 500 pages instead of "bad request".
+    client, _ = await start_console(start_app, make_config)
+    await logged_in(client, db, demo.admin_id)
+    for bad in (
+        "from=9999-12-31&to=9999-12-31",
+        "from=0001-01-01&to=0001-01-01",
+        "to=9999-12-31",
+        "actor=a%00",
+        "action=console%00",
+    ):
+        response = await client.get(f"/console/audit?{bad}")
+        assert response.status == 400, bad
+    assert await audit_rows(db, "console.audit.view") == []
+
+
 async def test_error_pages_are_friendly(db, demo, start_app, make_config):
     client, _ = await start_console(start_app, make_config)
     await logged_in(client, db, demo.admin_id)

@@ -137,6 +137,17 @@ async def test_people_of_another_grid_are_refused(make_config, start_app, demo, 
     assert await audit_entries(db, "console.people.list") == []
 
 
+async def test_absurd_codes_and_numbers_are_refused_not_a_500(make_config, start_app, demo, db):
+    # A NUL in a region code was a 500 on PostgreSQL (it cannot compare text with a NUL), and
+    # a number of thousands of digits was one on both (int() refuses it).
+    client, _ = await start_app(console_config(make_config))
+    await logged_in(client, db, demo.wardens["G0101"])
+    assert (await client.get("/console/regions/G01%00/people")).status == 404
+    huge = "9" * 5000
+    assert (await client.get(f"/console/regions/G0101/people?after={huge}")).status == 400
+    assert await audit_entries(db, "console.people.list") == []
+
+
 async def test_people_pages_follow_on(make_config, start_app, demo, db):
     client, _ = await start_app(console_config(make_config, page_size=5))
     await logged_in(client, db, demo.admin_id)

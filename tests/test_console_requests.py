@@ -187,6 +187,8 @@ async def test_board_is_limited_to_the_users_scope(console, demo, db):
     assert "不在您的管辖范围内" in await page(client, f"{BOARD}?region=G0201", 403)
     assert "不在您的管辖范围内" in await page(client, f"{BOARD}?region=D01", 403)
     await page(client, f"{BOARD}?region=NOPE", 404)
+    # A NUL in the code was a 500 on PostgreSQL.
+    await page(client, f"{BOARD}?region=G01%00", 404)
     assert await audited(db, "console.requests.board") == []
 
 

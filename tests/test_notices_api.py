@@ -148,6 +148,14 @@ async def test_scope_is_enforced(make_config, start_app, demo, db):
         ({"text": "通知", "regions": ["G0101"], "roles": ["mayor"]}, 400, "unknown_role"),
         ({"text": "通知", "regions": ["G0101"], "person_status": "sick"}, 400, "unknown_status"),
         ({"text": "长" * 1501, "regions": ["G0101"]}, 400, "too_long"),
+        # Times past the calendar's end were a 500 (OverflowError) instead of a refusal.
+        (
+            {"text": "通知", "regions": ["G0101"], "send_at": "9999-12-31T23:59:00-05:00"},
+            400,
+            "too_far",
+        ),
+        ({"text": "通知", "regions": ["G0101"], "send_at": "9999-12-31 晚上12点"}, 400, "bad_time"),
+        ({"text": "通知", "regions": ["G0101"], "send_at": "9999-12-31 23:59"}, 400, "too_far"),
     ],
 )
 async def test_bad_input_is_refused_and_nothing_stored(
@@ -172,6 +180,41 @@ async def test_malformed_body_is_400(make_config, start_app, demo, db):
     r = await api(client, token, "GET", params={"status": "lost"})
     assert (await error_of(r, 400))["code"] == "bad_field"
     assert await count(db, notices) == 0
+
+
+async def test_absurd_ids_and_paging_numbers_are_refused_not_a_500(
+    make_config, start_app, demo, db
+):
+    # Thousands of digits made int() raise: a 500 instead of a 404 / 400.
+    client, _ = await start_app(notice_config(make_config))
+    token = await create_token(db, demo.wardens["G0101"])
+    huge = "9" * 5000
+    r = await api(client, token, "GET", f"/{huge}")
+    assert (await error_of(r, 404))["code"] == "not_found"
+    r = await api(client, token, "GET", params={"before": huge})
+    assert (await error_of(r, 400))["code"] == "bad_parameter"
+    r = await api(client, token, "GET", "/1/recipients", params={"after": huge})
+    assert (await error_of(r, 400))["code"] == "bad_parameter"
+
+
+async def test_control_characters_never_reach_the_database_or_the_recipients(
+    make_config, start_app, demo, db
+):
+    # A NUL in the text or a region code was a 500 on PostgreSQL and went out as is on SQLite.
+    client, _ = await start_app(notice_config(make_config))
+    token = await create_token(db, demo.wardens["G0101"])
+    r = await api(client, token, "POST", json={"text": "\x00\x07", "regions": ["G0101"]})
+    assert (await error_of(r, 400))["code"] == "empty_text"
+    r = await api(client, token, "POST", json={"text": "通知", "regions": ["G01\x00"]})
+    assert (await error_of(r, 400))["code"] == "unknown_region"
+    assert await count(db, notices) == 0 and await count(db, outbox) == 0
+    r = await api(
+        client, token, "POST", json={"text": "今晚\x00核酸\r\n请带好\t身份证", "regions": ["G0101"]}
+    )
+    assert r.status == 201, await r.text()
+    created = await r.json()
+    assert created["text"] == "今晚核酸\n请带好\t身份证"
+    assert "\x00" not in created["rendered"] and "\r" not in created["rendered"]
 
 
 async def test_edit_and_cancel_a_scheduled_notice(make_config, start_app, demo, db):
@@ -313,6 +356,35 @@ async def test_a_scheduled_notice_due_in_quiet_hours_waits_scheduled_until_they_
     assert all("明早八点到十点停水" in r.payload["text"] for r in rows)
     r = await api(client, token, "GET", f"/{calm['id']}")
     assert (await r.json())["status"] == "sent"
+
+
+async def test_a_notice_held_past_its_time_by_the_quiet_hours_can_still_be_edited(
+    make_config, start_app, demo, db
+):
+    # Held by the quiet hours, a notice stays scheduled "so it can still be edited", but an
+    # edit without a new send_at re-checked the stored time and refused it as past.
+    config = notice_config(make_config)
+    client, _ = await start_app(config)
+    token = await create_token(db, demo.wardens["G0101"])
+    later = (utcnow() + timedelta(hours=2)).isoformat()
+    r = await api(
+        client, token, "POST", json={"text": "明早停水", "regions": ["G0101"], "send_at": later}
+    )
+    assert r.status == 201, await r.text()
+    notice_id = (await r.json())["id"]
+    held_since = utcnow() - timedelta(minutes=30)
+    async with db.write() as conn:
+        await conn.execute(
+            notices.update().where(notices.c.id == notice_id).values(send_at=held_since)
+        )
+
+    r = await api(client, token, "PATCH", f"/{notice_id}", json={"text": "明早八点到十点停水"})
+
+    assert r.status == 200, await r.text()
+    edited = await r.json()
+    assert edited["status"] == "scheduled" and edited["text"] == "明早八点到十点停水"
+    assert datetime.fromisoformat(edited["send_at"]) == held_since
+    assert await count(db, outbox) == 0
 
 
 async def test_openapi_lists_the_notice_operations(make_config, start_app):

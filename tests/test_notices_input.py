@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -62,6 +62,34 @@ def test_unreadable_times_are_refused(text):
     with pytest.raises(NoticeInputError) as caught:
         parse_send_time(text, NOW, TZ)
     assert caught.value.reason == "bad_time"
+
+
+def test_a_month_and_day_early_in_the_year_typed_in_december_is_next_year():
+    # "1月3日" typed on 28 November was read as 3 January 2026, long past: refused as a past
+    # time, so a warden could not schedule the new year's first notices from December.
+    assert parse_send_time("1月3日 上午9点", NOW, TZ) == local(2027, 1, 3, 9, 0)
+    assert parse_send_time("01-03 09:00", NOW, TZ) == local(2027, 1, 3, 9, 0)
+    # A day just gone stays this year's (and is refused as past, not moved a year ahead).
+    assert parse_send_time("11月27日 9点", NOW, TZ) == local(2026, 11, 27, 9, 0)
+    assert parse_send_time("6月1日 9点", NOW, TZ) == local(2026, 6, 1, 9, 0)
+
+
+def test_times_past_the_end_of_the_calendar_are_refused_not_crashed():
+    with pytest.raises(NoticeInputError) as caught:
+        parse_send_time("9999-12-31 晚上12点", NOW, TZ)
+    assert caught.value.reason == "bad_time"
+    with pytest.raises(notices.NoticeRefused) as refused:
+        notices.check_send_at(
+            datetime(9999, 12, 31, 23, 59, tzinfo=timezone(-timedelta(hours=5))), NOW
+        )
+    assert refused.value.reason == "too_far"
+
+
+def test_a_time_more_than_a_year_ahead_is_refused():
+    with pytest.raises(notices.NoticeRefused) as caught:
+        notices.check_send_at(NOW + notices.MAX_AHEAD + timedelta(minutes=1), NOW)
+    assert caught.value.reason == "too_far"
+    assert notices.check_send_at(NOW + notices.MAX_AHEAD, NOW) == NOW + notices.MAX_AHEAD
 
 
 def test_urgent_is_taken_out_of_the_time():

@@ -39,6 +39,11 @@ class Receiver:
         self.received: list[dict] = []
         self.fail_next: list[int] = []
         self.bad_signatures = 0
+        self.hold_first = 0
+        """This many requests wait for ``gate`` (sends still in flight)."""
+        self.held = 0
+        self.gate = asyncio.Event()
+        self.all_held = asyncio.Event()
         app = web.Application()
         app.router.add_post("/out", self.handle)
         self.server = TestServer(app)
@@ -49,6 +54,11 @@ class Receiver:
         if sign(SECRET, ts, body) != request.headers["X-Bridge-Signature"]:
             self.bad_signatures += 1
             return web.Response(status=401)
+        if self.held < self.hold_first:
+            self.held += 1
+            if self.held == self.hold_first:
+                self.all_held.set()
+            await self.gate.wait()
         if self.fail_next:
             return web.Response(status=self.fail_next.pop(0))
         self.received.append(json.loads(body))
@@ -232,6 +242,35 @@ async def test_unreachable_gateway_is_retried(db, session, receiver):
         row = (await conn.execute(select(outbox))).one()
     assert row.status == "pending"
     assert "unreachable" in row.last_error
+
+
+async def test_rate_limit_counts_what_another_worker_is_still_sending(db, session, receiver):
+    # Two processes: only rows already marked sent were counted, so while the first worker's
+    # twenty sends to a robot were in flight, a second worker sent twenty more in the minute.
+    rows = [
+        outbox_row(
+            key=f"robot-{i}",
+            target=Target("bridge", "robot", "robot-key-1"),
+            payload={"text": f"通知{i}"},
+        )
+        for i in range(40)
+    ]
+    async with db.write() as conn:
+        await enqueue(conn, rows, db.insert_ignore(outbox))
+    first = make_worker(db, session, receiver, robot_rate_per_minute=20, batch_size=20)
+    second = make_worker(db, session, receiver, robot_rate_per_minute=20, batch_size=20)
+    receiver.hold_first = 20
+    in_flight = asyncio.create_task(first.run_once())
+    await receiver.all_held.wait()
+
+    await second.run_once()
+
+    assert receiver.received == []
+    assert await statuses(db) == {"sending": 20, "pending": 20}
+    receiver.gate.set()
+    assert await in_flight == 20
+    assert len(receiver.received) == 20
+    assert await statuses(db) == {"sent": 20, "pending": 20}
 
 
 async def test_robot_rate_limit_holds_back_the_rest(db, session, receiver):

@@ -28,14 +28,30 @@ def install(console: Console) -> None:
     console.add_nav("audit", "audit", roles=ADMIN_ROLES)
 
 
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date(9998, 12, 31)
+
+
 def _day(request: web.Request, name: str) -> date | None:
     raw = request.query.get(name, "").strip()
     if not raw:
         return None
     try:
-        return date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
         raise PageError(400, "bad_date", name=name) from None
+    # The log holds no day outside these, and at the calendar's ends the day's bounds in
+    # UTC overflow.
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise PageError(400, "bad_date", name=name)
+    return day
+
+
+def _text_filter(request: web.Request, name: str) -> str:
+    value = request.query.get(name, "").strip()[:64]
+    if "\x00" in value:  # PostgreSQL refuses to compare text holding a NUL
+        raise PageError(400, "bad_parameter", name=name)
+    return value
 
 
 async def audit_page(request: web.Request) -> web.Response:
@@ -45,8 +61,8 @@ async def audit_page(request: web.Request) -> web.Response:
     tz = console.config.tz
     size = console.settings.page_size
     page = query_int(request, "page", 1, 1, 100_000)
-    actor = request.query.get("actor", "").strip()[:64]
-    action = request.query.get("action", "").strip()[:64]
+    actor = _text_filter(request, "actor")
+    action = _text_filter(request, "action")
     first, last = _day(request, "from"), _day(request, "to")
     if first and last and (last < first or (last - first).days > MAX_RANGE_DAYS):
         raise PageError(400, "bad_range")

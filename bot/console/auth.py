@@ -57,15 +57,18 @@ async def login(request: web.Request) -> web.StreamResponse:
         return await _refuse(request, account, target, "empty", 400)
     now = utcnow()
     since = now - timedelta(seconds=settings.login_window_s)
-    async with console.db.read() as conn:
+    # Counted and, within the limit, stored (as failed until the password proves right) in
+    # one serialized transaction: of attempts sent at once, each counts those before it.
+    async with console.db.write() as conn:
+        await store.lock_attempts(conn)
         by_account, by_address = await store.recent_failures(
             conn, account=account, address=address, since=since
         )
-    if (
-        by_account >= settings.max_failures_per_account
-        or by_address >= settings.max_failures_per_address
-    ):
-        async with console.db.write() as conn:
+        limited = (
+            by_account >= settings.max_failures_per_account
+            or by_address >= settings.max_failures_per_address
+        )
+        if limited:
             await repo.record_audit(
                 conn,
                 actor_id=None,
@@ -74,6 +77,11 @@ async def login(request: web.Request) -> web.StreamResponse:
                 target_id=repo.mask_phone(account),
                 detail={"address": address},
             )
+        else:
+            attempt_id = await store.start_attempt(
+                conn, account=account, address=address, now=now, forget_before=since
+            )
+    if limited:
         return await _refuse(request, account, target, "limited", 429)
 
     credential = await find_login(console.db, account, password)
@@ -83,14 +91,7 @@ async def login(request: web.Request) -> web.StreamResponse:
             person = await repo.load_person(conn, credential.person_id)
     allowed = person is not None and person.has_role(*STAFF_ROLES)
     async with console.db.write() as conn:
-        await store.record_attempt(
-            conn,
-            account=account,
-            address=address,
-            succeeded=allowed,
-            now=now,
-            forget_before=since,
-        )
+        await store.finish_attempt(conn, attempt_id, succeeded=allowed)
         await repo.record_audit(
             conn,
             actor_id=person.id if person else None,

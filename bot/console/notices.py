@@ -32,6 +32,7 @@ from bot.console.site import (
     PageError,
     console_of,
     flash,
+    is_number,
     keyset_links,
     query_choice,
     query_int,
@@ -100,7 +101,7 @@ class ComposeForm:
 
 def _notice_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if int(raw) > MAX_ID:
+    if not is_number(raw) or int(raw) > MAX_ID:
         raise PageError(404, "not_found")
     return int(raw)
 

@@ -29,6 +29,7 @@ from bot.console.site import (
     audit,
     console_of,
     flash,
+    is_number,
     query_int,
     redirect,
     render,
@@ -315,7 +316,7 @@ async def _form_again(request: web.Request, code: str, values: dict[str, Any]) -
 
 def _upload_id(request: web.Request) -> int:
     raw = request.match_info["upload"]
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
+    if not is_number(raw) or int(raw) > MAX_ID:
         raise PageError(404, "not_found")
     return int(raw)
 

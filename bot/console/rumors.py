@@ -32,6 +32,7 @@ from bot.console.site import (
     audit,
     console_of,
     flash,
+    is_number,
     keyset_links,
     query_choice,
     query_int,
@@ -164,7 +165,8 @@ class PushForm:
 
 
 def _id(request: web.Request) -> int:
-    value = int(request.match_info["id"])
+    raw = request.match_info["id"]
+    value = int(raw) if is_number(raw) else 0
     if not 0 < value <= MAX_ID:
         raise PageError(404, "not_found")
     return value
@@ -529,7 +531,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
     item_id = _id(request)
     raw = text_of(await request.post(), "clarification_id")
     try:
-        if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_ID:
+        if not is_number(raw) or not 0 < int(raw) <= MAX_ID:
             raise rumors.RumorRefused("attach_choose")
         async with console.db.write() as conn:
             delivered = await rumors.attach_item(

@@ -368,12 +368,21 @@ async def audit(
     )
 
 
+ID_DIGITS = len(str(2**63 - 1))
+
+
+def is_number(raw: str) -> bool:
+    """ASCII digits, no more than an id can have: ``int()`` refuses "²" and raises on thousands
+    of digits, which would make a bad URL a 500 page."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= ID_DIGITS
+
+
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     """An integer query parameter in ``[low, high]``; a 400 page otherwise."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+    if not is_number(raw) or not low <= int(raw) <= high:
         raise PageError(400, "bad_parameter", name=name)
     return int(raw)
 
