@@ -22,7 +22,7 @@ from flows.refusals import Refused
 from flows.texts import Texts
 from storage import repo
 from storage.db import Database
-from storage.models import MAX_ID, ApiToken, RegionLevel, Role, utcnow
+from storage.models import MAX_ID, ApiToken, RegionLevel, Role, is_number, utcnow
 
 PREFIX = "/api/v1"
 STAFF_ROLES = (Role.WARDEN, Role.DOCTOR, Role.ADMIN)
@@ -403,15 +403,6 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ApiError(400, "bad_body", "the body must be a JSON object")
     return data
-
-
-ID_DIGITS = len(str(MAX_ID))
-
-
-def is_number(raw: str) -> bool:
-    """ASCII digits, no more than an id can have: ``int()`` refuses "²" and raises on thousands
-    of digits, which would make a bad parameter a 500."""
-    return raw.isascii() and raw.isdigit() and len(raw) <= ID_DIGITS
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -39,6 +39,13 @@ NAMING = {
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 MAX_ID = 2**63 - 1
 """The largest id a ``BigId`` column holds: the bound of every id taken from a request."""
+ID_DIGITS = len(str(MAX_ID))
+
+
+def is_number(raw: str) -> bool:
+    """ASCII digits, no more than an id can have: ``int()`` refuses "²" and raises on thousands
+    of digits, which would make a bad request parameter a 500."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= ID_DIGITS
 
 
 class UTCDateTime(TypeDecorator[datetime]):

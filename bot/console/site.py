@@ -34,7 +34,7 @@ from flows.texts import TEMPLATE_ROOT, Texts
 from storage import console as store
 from storage import repo
 from storage.db import Database
-from storage.models import Role, utcnow
+from storage.models import Role, is_number, utcnow
 
 log = logging.getLogger(__name__)
 # aiohttp-session 2.12 keys its request storage by strings, which aiohttp 3.14 warns about
@@ -366,15 +366,6 @@ async def audit(
         region_id=region.id if region else None,
         detail=detail,
     )
-
-
-ID_DIGITS = len(str(2**63 - 1))
-
-
-def is_number(raw: str) -> bool:
-    """ASCII digits, no more than an id can have: ``int()`` refuses "²" and raises on thousands
-    of digits, which would make a bad URL a 500 page."""
-    return raw.isascii() and raw.isdigit() and len(raw) <= ID_DIGITS
 
 
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
