@@ -988,17 +988,9 @@ async def withdraw_clarification(
     async for ids in _id_pages(
         lambda after: store.recipients(conn, row.id, after=after, limit=page)
     ):
-        queued = await _queue_text(conn, insert, row, ids, text, f"withdrawn:{stamp}")
-        await store.record_delivery(
-            conn,
-            db,
-            clarification_id=row.id,
-            person_ids=queued,
-            version=row.version,
-            kind=DeliveryKind.WITHDRAWN,
-            now=now,
+        delivered.withdrawn += await _send(
+            conn, db, insert, row, ids, text, f"withdrawn:{stamp}", DeliveryKind.WITHDRAWN, now
         )
-        delivered.withdrawn += len(queued)
     delivered.notice_ids = await _notice_pushed_audiences(
         conn,
         row,
@@ -1042,17 +1034,7 @@ async def deliver_current(
     async def send(
         person_ids: list[int], text: str, kind: str, what: str = f"v{row.version}"
     ) -> int:
-        queued = await _queue_text(conn, insert, row, person_ids, text, what)
-        await store.record_delivery(
-            conn,
-            db,
-            clarification_id=row.id,
-            person_ids=queued,
-            version=row.version,
-            kind=kind,
-            now=now,
-        )
-        return len(queued)
+        return await _send(conn, db, insert, row, person_ids, text, what, kind, now)
 
     async for ids in _id_pages(
         lambda after: store.askers_to_notify(
@@ -1124,11 +1106,20 @@ async def _id_pages(fetch: Callable[[int], Awaitable[list[int]]]) -> AsyncIterat
         after = ids[-1]
 
 
-async def _queue_text(
-    conn: AsyncConnection, insert: Any, row: Any, person_ids: list[int], text: str, what: str
-) -> list[int]:
+async def _send(
+    conn: AsyncConnection,
+    db: Database,
+    insert: Any,
+    row: Any,
+    person_ids: list[int],
+    text: str,
+    what: str,
+    kind: str,
+    now: datetime,
+) -> int:
     """Queue ``text`` about clarification ``row`` to each of ``person_ids`` who can be reached
-    (key ``rumor:<id>:<what>:<person>``); returns those queued."""
+    (key ``rumor:<id>:<what>:<person>``) and record it as a delivery of the row's version of
+    ``kind``; returns how many were queued."""
     targets = await store.current_targets(conn, person_ids)
     rows = [
         outbox_row(
@@ -1142,7 +1133,16 @@ async def _queue_text(
         for pid, target in targets.items()
     ]
     await enqueue(conn, rows, insert)
-    return list(targets)
+    await store.record_delivery(
+        conn,
+        db,
+        clarification_id=row.id,
+        person_ids=list(targets),
+        version=row.version,
+        kind=kind,
+        now=now,
+    )
+    return len(targets)
 
 
 async def _notice_pushed_audiences(
