@@ -111,6 +111,15 @@ async def publish(client: Any, token: str, body: dict[str, Any]) -> dict[str, An
     return await ok(await call(client, token, "POST", f"/clarifications/{created['id']}/publish"))
 
 
+async def clarify_item(
+    client: Any, token: str, item_id: int, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Answer review item ``item_id`` with a new clarification through the API (201)."""
+    return await ok(
+        await call(client, token, "POST", f"/review/{item_id}/clarification", json=body), 201
+    )
+
+
 async def admin_token(db: Any, demo: Any) -> str:
     return await create_token(db, demo.admin_id)
 

@@ -18,6 +18,7 @@ from rumors_support import (
     audit,
     call,
     clarifications,
+    clarify_item,
     count,
     deliveries,
     grant,
@@ -74,16 +75,7 @@ async def received_by_two(client, token, *, asker: int, inline: int) -> int:
     told), then ``inline`` asks and is answered: the clarification's id."""
     await ask_unknown(client, [asker])
     [item] = await pending_items(client, token)
-    created = await ok(
-        await call(
-            client,
-            token,
-            "POST",
-            f"/review/{item['id']}/clarification",
-            json={**CLAIM, "publish": True},
-        ),
-        201,
-    )
+    created = await clarify_item(client, token, item["id"], {**CLAIM, "publish": True})
     assert CLAIM["explanation"] in await say(client, inline, "这是真的吗 " + UNKNOWN_POST)
     return created["id"]
 
@@ -366,9 +358,7 @@ async def test_review_list_is_by_count_and_publishing_from_it_tells_each_asker_o
     top = listed[0]
 
     body = {k: v for k, v in CLAIM.items() if k != "claim"} | {"publish": True}
-    created = await ok(
-        await call(client, token, "POST", f"/review/{top['id']}/clarification", json=body), 201
-    )
+    created = await clarify_item(client, token, top["id"], body)
 
     assert created["status"] == "published"
     assert created["claim"] == top["sample"][:300]
@@ -451,9 +441,7 @@ async def test_asking_after_the_item_was_attached_to_a_draft_joins_it_and_is_tol
     first, second = demo.resident_ids[:2]
     await ask_unknown(client, [first])
     [item] = await pending_items(client, token)
-    draft = await ok(
-        await call(client, token, "POST", f"/review/{item['id']}/clarification", json=CLAIM), 201
-    )
+    draft = await clarify_item(client, token, item["id"], CLAIM)
 
     await ask_unknown(client, [second], post="转发：" + UNKNOWN_POST)
 
@@ -477,15 +465,8 @@ async def test_region_scoped_clarification_notifies_only_askers_in_it(
     await ask_unknown(client, [north, south])
     [item] = await pending_items(client, token)
 
-    created = await ok(
-        await call(
-            client,
-            token,
-            "POST",
-            f"/review/{item['id']}/clarification",
-            json={**CLAIM, "region": "S01", "publish": True},
-        ),
-        201,
+    created = await clarify_item(
+        client, token, item["id"], {**CLAIM, "region": "S01", "publish": True}
     )
 
     assert [r.person_id for r in await rumor_outbox(db, created["id"])] == [north]
@@ -508,15 +489,8 @@ async def test_askers_outside_a_scoped_clarification_stay_in_review_as_a_new_ite
     south_admin = await create_token(db, south_admin_id)
     [item] = await pending_items(client, south_admin)
 
-    created = await ok(
-        await call(
-            client,
-            south_admin,
-            "POST",
-            f"/review/{item['id']}/clarification",
-            json={**CLAIM, "region": "S02", "publish": True},
-        ),
-        201,
+    created = await clarify_item(
+        client, south_admin, item["id"], {**CLAIM, "region": "S02", "publish": True}
     )
 
     told = sorted(r.person_id for r in await rumor_outbox(db, created["id"]))
@@ -1018,9 +992,7 @@ async def test_report_in_chat_marks_a_draft_not_yet_published_not_withdrawn(
     token = await admin_token(db, demo)
     await ask_unknown(client, demo.resident_ids[:2])
     [item] = await pending_items(client, token)
-    await ok(
-        await call(client, token, "POST", f"/review/{item['id']}/clarification", json=CLAIM), 201
-    )
+    await clarify_item(client, token, item["id"], CLAIM)
 
     board = await say(client, demo.admin_id, "谣言榜")
 

@@ -17,6 +17,7 @@ from rumors_support import (
     UNKNOWN_POST,
     admin_token,
     call,
+    clarify_item,
     count,
     deliveries,
     items,
@@ -396,10 +397,7 @@ async def test_question_joining_a_draft_published_meanwhile_starts_a_new_item(
     first, second = demo.resident_ids[:2]
     await say(client, first, "这是真的吗 " + UNKNOWN_POST)
     [item] = await rows(db, items)
-    draft = await ok(
-        await call(client, token, "POST", f"/review/{item.id}/clarification", json=SPRAY_ANSWER),
-        201,
-    )
+    draft = await clarify_item(client, token, item.id, SPRAY_ANSWER)
 
     publisher = create_async_engine(db.url)
     try:
